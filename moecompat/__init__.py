@@ -1,0 +1,58 @@
+"""moecompat: one stable Mixture-of-Experts API over many versions of vLLM and SGLang.
+
+>>> from moecompat import fused_experts, select_experts, make_quant_config
+
+Importing moecompat never imports an engine; engines are imported the first time an adapter
+that needs them is resolved. With no engine installed everything runs on the pure-PyTorch
+reference backend.
+"""
+
+from . import mxfp4, quant
+from ._checks import set_debug
+from ._version import __version__
+from .api import (
+    fused_experts,
+    fused_moe,
+    get_config_dtype_str,
+    make_expert_map,
+    moe_align_block_size,
+    select_experts,
+    to_engine_quant_config,
+)
+from .errors import (
+    EngineImportError,
+    InvalidInputError,
+    MoECompatError,
+    MoECompatWarning,
+    UnsupportedFeatureError,
+)
+from .info import EngineInfo, engine_info
+from .quant import QuantConfig, make_quant_config
+from .vocab import Activation, QuantScheme, ScoringFunc, TopK
+
+__all__ = [
+    "Activation",
+    "EngineImportError",
+    "EngineInfo",
+    "InvalidInputError",
+    "MoECompatError",
+    "MoECompatWarning",
+    "QuantConfig",
+    "QuantScheme",
+    "ScoringFunc",
+    "TopK",
+    "UnsupportedFeatureError",
+    "__version__",
+    "engine_info",
+    "fused_experts",
+    "fused_moe",
+    "get_config_dtype_str",
+    "make_expert_map",
+    "make_quant_config",
+    "moe_align_block_size",
+    "mxfp4",
+    "quant",
+    "select_experts",
+    "set_debug",
+    "to_engine_quant_config",
+]

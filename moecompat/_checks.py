@@ -1,0 +1,251 @@
+"""Input validation shared by every backend: metadata always, values where cheap.
+
+Metadata checks (shape, dtype, device, layout) read only tensor attributes: they never
+synchronise the GPU and are safe under CUDA-graph capture. Value checks (expert id ranges) run on
+CPU tensors always and on CUDA tensors only in debug mode (:func:`set_debug` or the environment
+variable ``MOECOMPAT_DEBUG=1``), because they need a device-to-host copy.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import InvalidInputError
+from .quant import (
+    QuantConfig,
+    expected_weight_scale_shape,
+    expected_zp_shape,
+    logical_k,
+    weight_storage,
+)
+from .vocab import QuantScheme
+
+_debug = os.environ.get("MOECOMPAT_DEBUG", "") not in ("", "0")
+_FLOAT_ACT = (torch.bfloat16, torch.float16, torch.float32)
+_ID_DTYPES = (torch.int32, torch.int64)
+
+
+def set_debug(enabled: bool) -> None:
+    """Turn value checks on CUDA tensors (which synchronise) on or off."""
+    global _debug
+    _debug = bool(enabled)
+
+
+def debug_enabled() -> bool:
+    return _debug
+
+
+def _fail(argument: str, expected: object, actual: object, hint: str = "") -> InvalidInputError:
+    return InvalidInputError(argument, expected, actual, hint)
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def _check_device(name: str, t: torch.Tensor, device_index: int, ref_name: str, ref: torch.Tensor) -> None:
+    if t.get_device() != device_index:
+        raise _fail(name, f"a tensor on {ref.device} (like {ref_name})", f"a tensor on {t.device}")
+
+
+def check_ids_range(name: str, ids: torch.Tensor, low: int, high: int) -> None:
+    """Value check ``low <= ids < high`` on CPU tensors, or on CUDA tensors in debug mode."""
+    if ids.numel() == 0 or (ids.is_cuda and not _debug):
+        return
+    lo = int(ids.min())
+    hi = int(ids.max())
+    if lo < low or hi >= high:
+        raise _fail(name, f"values in [{low}, {high})", f"values in [{lo}, {hi}]")
+
+
+def check_fused_experts(
+    hidden_states: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    qc: QuantConfig,
+    expert_map: torch.Tensor | None,
+    global_num_experts: int,
+    inplace: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Validate ``fused_experts`` arguments; returns contiguous token tensors and the global
+    expert count. Non-contiguous ``hidden_states``/``topk_*`` are copied (kernels need them
+    dense); weights whose last dimension is strided are rejected, since copying them on every
+    call would be a hidden cost."""
+    for name, t in (("hidden_states", hidden_states), ("w1", w1), ("w2", w2), ("topk_weights", topk_weights), ("topk_ids", topk_ids)):
+        if not isinstance(t, torch.Tensor):
+            raise _fail(name, "a torch.Tensor", type(t).__name__)
+    if hidden_states.dim() != 2:
+        raise _fail("hidden_states", "a 2-D tensor [num_tokens, hidden]", _shape(hidden_states))
+    if w1.dim() != 3:
+        raise _fail("w1", "a 3-D tensor [num_experts, 2 * intermediate, hidden]", _shape(w1))
+    if w2.dim() != 3:
+        raise _fail("w2", "a 3-D tensor [num_experts, hidden, intermediate]", _shape(w2))
+    t_tokens, hidden = hidden_states.shape
+    num_local, n1, k1 = w1.shape
+    scheme = qc.scheme
+    if hidden_states.dtype not in _FLOAT_ACT:
+        raise _fail("hidden_states", "dtype bfloat16, float16 or float32", hidden_states.dtype)
+    if w2.shape[0] != num_local:
+        raise _fail("w2", f"{num_local} experts in dim 0 (like w1)", _shape(w2))
+    if logical_k(scheme, k1) != hidden:
+        exp_k = hidden // 2 if scheme in (QuantScheme.INT4_W4A16, QuantScheme.MXFP4_W4A16) else hidden
+        raise _fail("w1", f"shape [E, 2*I, {exp_k}] matching hidden size {hidden} of hidden_states", _shape(w1),
+                    "packed 4-bit schemes store hidden/2 bytes" if exp_k != hidden else "")
+    if n1 % 2:
+        raise _fail("w1", "an even dim 1 (gate and up rows: 2 * intermediate)", _shape(w1))
+    inter = n1 // 2
+    if w2.shape[1] != hidden:
+        raise _fail("w2", f"shape [E, {hidden}, I] matching hidden size {hidden}", _shape(w2))
+    if logical_k(scheme, w2.shape[2]) != inter:
+        raise _fail("w2", f"intermediate size {inter} in dim 2 (w1 has 2*I = {n1} rows)", _shape(w2))
+    _, w_dtypes = weight_storage(scheme, n1, hidden)
+    if scheme is None:
+        if w1.dtype != hidden_states.dtype or w2.dtype != hidden_states.dtype:
+            raise _fail("w1" if w1.dtype != hidden_states.dtype else "w2",
+                        f"dtype {hidden_states.dtype} (the dtype of hidden_states, unquantized weights)",
+                        w1.dtype if w1.dtype != hidden_states.dtype else w2.dtype)
+    else:
+        if w1.dtype not in w_dtypes or w2.dtype not in w_dtypes:
+            raise _fail("w1" if w1.dtype not in w_dtypes else "w2", f"dtype {' or '.join(map(str, w_dtypes))} for scheme {scheme.value}",
+                        w1.dtype if w1.dtype not in w_dtypes else w2.dtype)
+    if topk_ids.dim() != 2:
+        raise _fail("topk_ids", "a 2-D tensor [num_tokens, top_k]", _shape(topk_ids))
+    if topk_weights.shape != topk_ids.shape:
+        raise _fail("topk_weights", f"shape {_shape(topk_ids)} (same as topk_ids)", _shape(topk_weights))
+    if topk_ids.shape[0] != t_tokens:
+        raise _fail("topk_ids", f"{t_tokens} rows (one per token of hidden_states)", _shape(topk_ids))
+    if topk_ids.dtype not in _ID_DTYPES:
+        raise _fail("topk_ids", "dtype int32 or int64", topk_ids.dtype)
+    if not topk_weights.is_floating_point():
+        raise _fail("topk_weights", "a floating-point dtype (float32)", topk_weights.dtype)
+    dev = hidden_states.get_device()
+    for name, t in (("w1", w1), ("w2", w2), ("topk_weights", topk_weights), ("topk_ids", topk_ids)):
+        _check_device(name, t, dev, "hidden_states", hidden_states)
+    if w1.stride(-1) != 1 or w2.stride(-1) != 1:
+        raise _fail("w1" if w1.stride(-1) != 1 else "w2", "a tensor contiguous in its last dimension",
+                    f"stride {list((w1 if w1.stride(-1) != 1 else w2).stride())}", "call .contiguous() once, outside the hot loop")
+
+    if expert_map is not None:
+        if not isinstance(expert_map, torch.Tensor) or expert_map.dim() != 1:
+            raise _fail("expert_map", "a 1-D tensor [global_num_experts]", _shape(expert_map) if isinstance(expert_map, torch.Tensor) else type(expert_map).__name__)
+        if expert_map.dtype not in _ID_DTYPES:
+            raise _fail("expert_map", "dtype int32 or int64", expert_map.dtype)
+        _check_device("expert_map", expert_map, dev, "hidden_states", hidden_states)
+        if global_num_experts not in (-1, expert_map.shape[0]):
+            raise _fail("expert_map", f"length global_num_experts={global_num_experts}", expert_map.shape[0])
+        global_num_experts = expert_map.shape[0]
+        check_ids_range("expert_map", expert_map, -1, num_local)
+    elif global_num_experts == -1:
+        global_num_experts = num_local
+    elif global_num_experts != num_local:
+        raise _fail("global_num_experts", f"{num_local} (w1's experts) when no expert_map is given", global_num_experts)
+    if topk_ids.shape[1] > global_num_experts or topk_ids.shape[1] < 1:
+        raise _fail("topk_ids", f"between 1 and {global_num_experts} columns (top_k <= num_experts)", _shape(topk_ids))
+    check_ids_range("topk_ids", topk_ids, 0, global_num_experts)
+    if scheme is not None:
+        _check_quant(qc, num_local, n1, hidden, inter, dev, hidden_states)
+
+    if not hidden_states.is_contiguous():
+        if inplace:
+            raise _fail("hidden_states", "a contiguous tensor when inplace=True", f"stride {list(hidden_states.stride())}")
+        hidden_states = hidden_states.contiguous()
+    if not topk_ids.is_contiguous():
+        topk_ids = topk_ids.contiguous()
+    if not topk_weights.is_contiguous():
+        topk_weights = topk_weights.contiguous()
+    return hidden_states, topk_weights, topk_ids, global_num_experts
+
+
+def _check_quant(qc: QuantConfig, e: int, n1: int, hidden: int, inter: int, dev: int, ref: torch.Tensor) -> None:
+    s = qc.scheme
+    assert s is not None
+    if qc.block_shape is not None:
+        bn, bk = qc.block_shape
+        for name, n, k in (("w1", n1, hidden), ("w2", hidden, inter)):
+            if n % bn or k % bk:
+                raise _fail("block_shape", f"a [block_n, block_k] dividing {name}'s [N={n}, K={k}]", list(qc.block_shape))
+    if qc.group_size is not None:
+        for name, k in (("w1", hidden), ("w2", inter)):
+            if k % qc.group_size:
+                raise _fail("group_size", f"a divisor of {name}'s reduction size {k}", qc.group_size)
+    for name, scale, n, k in (("w1_scale", qc.w1_scale, n1, hidden), ("w2_scale", qc.w2_scale, hidden, inter)):
+        assert scale is not None
+        allowed = expected_weight_scale_shape(qc, e, n, k)
+        if tuple(scale.shape) not in allowed:
+            raise _fail(name, " or ".join(str(list(a)) for a in allowed) + f" for {qc.describe()}", _shape(scale))
+        if s is QuantScheme.MXFP4_W4A16:
+            if scale.dtype != torch.uint8:
+                raise _fail(name, "dtype uint8 (e8m0 exponents)", scale.dtype)
+        elif not scale.is_floating_point():
+            raise _fail(name, "a floating-point dtype", scale.dtype)
+        _check_device(name, scale, dev, "hidden_states", ref)
+    if qc.w1_zp is not None:
+        for name, zp, n, k in (("w1_zp", qc.w1_zp, n1, hidden), ("w2_zp", qc.w2_zp, hidden, inter)):
+            assert zp is not None
+            exp = expected_zp_shape(qc, e, n, k)
+            if tuple(zp.shape) != exp:
+                raise _fail(name, f"{list(exp)} (int4 zero points packed two per byte along N)", _shape(zp))
+            if zp.dtype != torch.uint8:
+                raise _fail(name, "dtype uint8", zp.dtype)
+            _check_device(name, zp, dev, "hidden_states", ref)
+    for name, a in (("a1_scale", qc.a1_scale), ("a2_scale", qc.a2_scale)):
+        if a is not None:
+            if a.numel() != 1:
+                raise _fail(name, "a per-tensor scale (numel 1)", _shape(a))
+            _check_device(name, a, dev, "hidden_states", ref)
+
+
+def check_select_experts(
+    hidden_states: torch.Tensor,
+    router_logits: torch.Tensor,
+    top_k: int,
+    use_grouped_topk: bool,
+    num_expert_group: int | None,
+    topk_group: int | None,
+    e_score_correction_bias: torch.Tensor | None,
+    routed_scaling_factor: float | None,
+    custom_routing_function: object,
+) -> None:
+    for name, t in (("hidden_states", hidden_states), ("router_logits", router_logits)):
+        if not isinstance(t, torch.Tensor):
+            raise _fail(name, "a torch.Tensor", type(t).__name__)
+    if router_logits.dim() != 2:
+        raise _fail("router_logits", "a 2-D tensor [num_tokens, num_experts]", _shape(router_logits))
+    if hidden_states.dim() != 2:
+        raise _fail("hidden_states", "a 2-D tensor [num_tokens, hidden]", _shape(hidden_states))
+    if hidden_states.shape[0] != router_logits.shape[0]:
+        raise _fail("router_logits", f"{hidden_states.shape[0]} rows (one per token of hidden_states)", _shape(router_logits))
+    if not router_logits.is_floating_point():
+        raise _fail("router_logits", "a floating-point dtype", router_logits.dtype)
+    _check_device("router_logits", router_logits, hidden_states.get_device(), "hidden_states", hidden_states)
+    num_experts = router_logits.shape[1]
+    if not isinstance(top_k, int) or isinstance(top_k, bool):
+        raise _fail("top_k", "an int", type(top_k).__name__)
+    if top_k < 1:
+        raise _fail("top_k", "top_k >= 1", top_k)
+    if top_k > num_experts:
+        raise _fail("top_k", f"top_k <= num_experts ({num_experts})", top_k)
+    if use_grouped_topk:
+        if num_expert_group is None or topk_group is None:
+            raise _fail("num_expert_group", "num_expert_group and topk_group with use_grouped_topk=True", (num_expert_group, topk_group))
+        if num_expert_group < 1 or num_experts % num_expert_group:
+            raise _fail("num_expert_group", f"a divisor of num_experts ({num_experts})", num_expert_group)
+        if topk_group < 1 or topk_group > num_expert_group:
+            raise _fail("topk_group", f"between 1 and num_expert_group ({num_expert_group})", topk_group)
+        if top_k > topk_group * (num_experts // num_expert_group):
+            raise _fail("top_k", f"at most topk_group * experts per group = {topk_group * (num_experts // num_expert_group)}", top_k)
+        if e_score_correction_bias is not None and num_experts // num_expert_group < 2:
+            raise _fail("num_expert_group", "groups of at least 2 experts with e_score_correction_bias (top-2 group score)", num_expert_group)
+    if e_score_correction_bias is not None:
+        if not isinstance(e_score_correction_bias, torch.Tensor) or tuple(e_score_correction_bias.shape) != (num_experts,):
+            raise _fail("e_score_correction_bias", f"a tensor of shape [{num_experts}]",
+                        _shape(e_score_correction_bias) if isinstance(e_score_correction_bias, torch.Tensor) else type(e_score_correction_bias).__name__)
+        _check_device("e_score_correction_bias", e_score_correction_bias, hidden_states.get_device(), "hidden_states", hidden_states)
+    if routed_scaling_factor is not None and not (isinstance(routed_scaling_factor, (int, float)) and routed_scaling_factor > 0):
+        raise _fail("routed_scaling_factor", "a positive number or None", routed_scaling_factor)
+    if custom_routing_function is not None and not callable(custom_routing_function):
+        raise _fail("custom_routing_function", "a callable (hidden_states, router_logits, top_k, renormalize) -> (weights, ids)", type(custom_routing_function).__name__)

@@ -1,0 +1,13 @@
+"""Installed distribution versions, read without importing the packages."""
+
+from __future__ import annotations
+
+import importlib_metadata
+
+
+def distribution_version(name: str) -> str | None:
+    """Version string of an installed distribution, or ``None`` when it is not installed."""
+    try:
+        return importlib_metadata.version(name)
+    except importlib_metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,82 @@
+"""Exceptions raised by moecompat.
+
+Every error moecompat raises on purpose derives from :class:`MoECompatError`, so callers can
+catch the library's errors without catching unrelated ``ValueError``/``TypeError`` from deep
+inside an engine kernel (those are never caught, wrapped or retried by moecompat).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "EngineImportError",
+    "InvalidInputError",
+    "MoECompatError",
+    "MoECompatWarning",
+    "UnsupportedFeatureError",
+]
+
+
+class MoECompatError(Exception):
+    """Base class of every error moecompat raises on purpose."""
+
+
+class MoECompatWarning(UserWarning):
+    """Warnings moecompat emits (engine fallback, untested engine version)."""
+
+
+class InvalidInputError(MoECompatError, ValueError):
+    """An argument has the wrong shape, dtype, device, value or name.
+
+    The message names the argument and says what was expected and what was given.
+    ``argument``, ``expected`` and ``actual`` are kept as attributes for programs.
+    """
+
+    def __init__(self, argument: str, expected: Any, actual: Any, hint: str = "") -> None:
+        self.argument = argument
+        self.expected = expected
+        self.actual = actual
+        msg = f"{argument}: expected {expected}, got {actual}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+
+class UnsupportedFeatureError(MoECompatError, NotImplementedError):
+    """The selected engine (at the installed version) cannot do what was asked.
+
+    Attributes: ``engine`` ("vllm", "sglang", ...), ``installed`` (version string or None when
+    the engine is not installed), ``feature`` (what was asked), ``available_in`` (the version
+    range that has it, e.g. ">=0.10", or "" when no version has it) and ``cause`` (the original
+    exception, for an engine that failed to import).
+    """
+
+    def __init__(
+        self,
+        engine: str,
+        installed: str | None,
+        feature: str,
+        available_in: str = "",
+        detail: str = "",
+        cause: BaseException | None = None,
+    ) -> None:
+        self.engine = engine
+        self.installed = installed
+        self.feature = feature
+        self.available_in = available_in
+        self.detail = detail
+        self.cause = cause
+        where = f"{engine} {installed}" if installed else f"{engine} (not installed)"
+        msg = f"{feature} is not supported by {where}"
+        if available_in:
+            msg += f"; versions that have it: {engine}{available_in}"
+        if detail:
+            msg += f"; {detail}"
+        if cause is not None:
+            msg += f"; cause: {type(cause).__name__}: {cause}"
+        super().__init__(msg)
+
+
+class EngineImportError(UnsupportedFeatureError):
+    """An installed engine failed to import (missing CUDA libraries, ABI mismatch, ...)."""

@@ -1,0 +1,485 @@
+"""Engine-neutral quantization config and helpers that quantize/dequantize MoE weights.
+
+Weight layouts are those of vLLM's Triton fused-MoE kernels (SGLang's are the same), for
+``w [E, N, K]`` (``N = 2*I, K = H`` for ``w1``; ``N = H, K = I`` for ``w2``):
+
+============== ================================ =================================================
+scheme         weight tensor                    ``w*_scale`` (and ``w*_zp``)
+============== ================================ =================================================
+fp8_w8a8       float8_e4m3fn ``[E, N, K]``      per-tensor ``[E]``; per-channel
+                                                 (``per_out_ch_quant``) ``[E, N, 1]``; block
+                                                 ``[E, ceil(N/bn), ceil(K/bk)]``; float32
+int8_w8a8      int8 ``[E, N, K]``               as fp8_w8a8
+int8_w8a16     int8 ``[E, N, K]``               per-channel ``[E, N]`` float32
+int4_w4a16     uint8 ``[E, N, K//2]``, two      ``[E, N, K//group_size]`` (activation dtype);
+               int4 per byte, even k in the     zero points: uint8 ``[E, N//2, K//group_size]``
+               low nibble                       (even n in the low nibble), or none: offset 8
+mxfp4_w4a16    uint8 ``[E, N, K//2]`` e2m1      uint8 e8m0 ``[E, N, K//32]``
+============== ================================ =================================================
+
+Activations of ``*_w8a8`` schemes are quantized by the kernel: dynamically per tensor (default),
+per token (``per_act_token_quant``), per ``[1, bk]`` group (block schemes), or statically with a
+given per-tensor ``a1_scale`` / ``a2_scale`` (numel 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import torch
+
+from . import mxfp4 as _mx
+from .errors import InvalidInputError
+from .vocab import QuantScheme, parse_scheme
+
+__all__ = [
+    "FP8_DTYPE",
+    "FP8_MAX",
+    "INT8_MAX",
+    "QuantConfig",
+    "QuantizedWeights",
+    "dequantize_activation",
+    "dequantize_weights",
+    "fake_quantize_activation",
+    "make_quant_config",
+    "pack_int4",
+    "quantize_activation",
+    "quantize_moe_weights",
+    "quantize_weights",
+    "unpack_int4",
+]
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
+INT8_MAX = 127.0
+_W8A8 = (QuantScheme.FP8_W8A8, QuantScheme.INT8_W8A8)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class QuantConfig:
+    """How the expert weights (and activations) are quantized; build with :func:`make_quant_config`.
+
+    Frozen and engine-neutral: each engine adapter translates it at the edge (vLLM's
+    ``FusedMoEQuantConfig`` or legacy ``use_*`` flags, SGLang's flags).
+    """
+
+    scheme: QuantScheme | None = None
+    w1_scale: torch.Tensor | None = None
+    w2_scale: torch.Tensor | None = None
+    a1_scale: torch.Tensor | None = None
+    a2_scale: torch.Tensor | None = None
+    w1_zp: torch.Tensor | None = None
+    w2_zp: torch.Tensor | None = None
+    block_shape: tuple[int, int] | None = None
+    per_act_token_quant: bool = False
+    per_out_ch_quant: bool = False
+    group_size: int | None = None
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.scheme is not None
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.scheme in _W8A8
+
+    @property
+    def has_zero_points(self) -> bool:
+        return self.w1_zp is not None
+
+    def describe(self) -> str:
+        """Short human description, e.g. ``fp8_w8a8 block[128, 128]``."""
+        if self.scheme is None:
+            return "unquantized"
+        parts = [self.scheme.value]
+        if self.block_shape is not None:
+            parts.append(f"block{list(self.block_shape)}")
+        if self.per_out_ch_quant:
+            parts.append("per-channel")
+        if self.per_act_token_quant:
+            parts.append("per-token")
+        if self.group_size is not None:
+            parts.append(f"group {self.group_size}")
+        if self.has_zero_points:
+            parts.append("zp")
+        if self.a1_scale is not None:
+            parts.append("static-act")
+        return " ".join(parts)
+
+
+#: The unquantized config (bf16/fp16/fp32 weights).
+UNQUANTIZED = QuantConfig()
+
+
+def make_quant_config(
+    scheme: str | QuantScheme | None,
+    *,
+    w1_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
+    a1_scale: torch.Tensor | None = None,
+    a2_scale: torch.Tensor | None = None,
+    w1_zp: torch.Tensor | None = None,
+    w2_zp: torch.Tensor | None = None,
+    block_shape: list[int] | tuple[int, int] | None = None,
+    per_act_token_quant: bool = False,
+    per_out_ch_quant: bool = False,
+    group_size: int | None = None,
+) -> QuantConfig:
+    """Build an engine-neutral :class:`QuantConfig`.
+
+    ``scheme``: ``None`` (unquantized), ``"fp8_w8a8"``, ``"int8_w8a8"``, ``"int8_w8a16"``,
+    ``"int4_w4a16"`` (needs ``group_size``; optional ``w*_zp``) or ``"mxfp4_w4a16"``.
+    Scale shapes are checked against the weights when :func:`moecompat.fused_experts` runs;
+    this function checks what it can without them.
+    """
+    s = parse_scheme(scheme)
+    if s is None:
+        extra = {
+            k: v
+            for k, v in dict(
+                w1_scale=w1_scale, w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale,
+                w1_zp=w1_zp, w2_zp=w2_zp, block_shape=block_shape, group_size=group_size,
+            ).items()
+            if v is not None
+        }
+        if extra or per_act_token_quant or per_out_ch_quant:
+            names = sorted(extra) + (["per_act_token_quant"] if per_act_token_quant else []) + (
+                ["per_out_ch_quant"] if per_out_ch_quant else []
+            )
+            raise InvalidInputError("scheme", "a quantization scheme when quantization options are given", f"None with {names}")
+        return UNQUANTIZED
+    for name, t in (("w1_scale", w1_scale), ("w2_scale", w2_scale)):
+        if t is None:
+            raise InvalidInputError(name, f"a scale tensor for scheme {s.value!r}", None)
+        _check_tensor(name, t)
+    for name, t in (("a1_scale", a1_scale), ("a2_scale", a2_scale), ("w1_zp", w1_zp), ("w2_zp", w2_zp)):
+        if t is not None:
+            _check_tensor(name, t)
+    bs: tuple[int, int] | None = None
+    if block_shape is not None:
+        if s not in _W8A8:
+            raise InvalidInputError(
+                "block_shape", "None for scheme " + repr(s.value) + " (block scales are for fp8_w8a8/int8_w8a8; int4 uses group_size)", list(block_shape)
+            )
+        if len(block_shape) != 2 or any(not isinstance(b, int) or b <= 0 for b in block_shape):
+            raise InvalidInputError("block_shape", "two positive ints [block_n, block_k]", block_shape)
+        bs = (int(block_shape[0]), int(block_shape[1]))
+        if per_act_token_quant or per_out_ch_quant:
+            raise InvalidInputError("block_shape", "None when per_act_token_quant/per_out_ch_quant is set", list(bs))
+        if a1_scale is not None or a2_scale is not None:
+            raise InvalidInputError("a1_scale", "None with block_shape (block activations are quantized dynamically)", "a tensor")
+    if s not in _W8A8:
+        if per_act_token_quant:
+            raise InvalidInputError("per_act_token_quant", f"False for weight-only scheme {s.value!r}", True)
+        if a1_scale is not None or a2_scale is not None:
+            raise InvalidInputError("a1_scale", f"None for weight-only scheme {s.value!r}", "a tensor")
+    if per_out_ch_quant and s not in _W8A8:
+        raise InvalidInputError("per_out_ch_quant", f"False for scheme {s.value!r} (its scale layout is fixed)", True)
+    if s is QuantScheme.INT4_W4A16:
+        if group_size is None or group_size <= 0:
+            raise InvalidInputError("group_size", "a positive group size for int4_w4a16 (e.g. 128)", group_size)
+        if (w1_zp is None) != (w2_zp is None):
+            raise InvalidInputError("w2_zp", "zero points for both w1 and w2 or for neither", "only one given")
+    else:
+        if group_size is not None and not (s is QuantScheme.MXFP4_W4A16 and group_size == _mx.MX_BLOCK_SIZE):
+            raise InvalidInputError("group_size", f"None for scheme {s.value!r}", group_size)
+        if w1_zp is not None or w2_zp is not None:
+            raise InvalidInputError("w1_zp", f"None for scheme {s.value!r} (zero points are for int4_w4a16)", "a tensor")
+    if s is QuantScheme.MXFP4_W4A16:
+        group_size = _mx.MX_BLOCK_SIZE
+    if (a1_scale is None) != (a2_scale is None):
+        raise InvalidInputError("a2_scale", "static scales for both a1 and a2 or for neither", "only one given")
+    if a1_scale is not None and per_act_token_quant:
+        raise InvalidInputError("a1_scale", "None with per_act_token_quant (per-token scales are dynamic)", "a tensor")
+    return QuantConfig(
+        scheme=s, w1_scale=w1_scale, w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale,
+        w1_zp=w1_zp, w2_zp=w2_zp, block_shape=bs, per_act_token_quant=per_act_token_quant,
+        per_out_ch_quant=per_out_ch_quant, group_size=group_size,
+    )
+
+
+def _check_tensor(name: str, t: object) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise InvalidInputError(name, "a torch.Tensor", type(t).__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Expected shapes (used by validation and by the reference backend)
+
+
+def weight_storage(scheme: QuantScheme | None, n: int, k: int) -> tuple[tuple[int, int], tuple[torch.dtype, ...]]:
+    """(per-expert weight shape [N, K'], allowed dtypes) of a weight of logical shape [N, K]."""
+    if scheme is None:
+        return (n, k), (torch.bfloat16, torch.float16, torch.float32)
+    if scheme is QuantScheme.FP8_W8A8:
+        return (n, k), (FP8_DTYPE,)
+    if scheme in (QuantScheme.INT8_W8A8, QuantScheme.INT8_W8A16):
+        return (n, k), (torch.int8,)
+    return (n, k // 2), (torch.uint8,)
+
+
+def logical_k(scheme: QuantScheme | None, stored_k: int) -> int:
+    """Logical reduction size K of a stored weight's last dimension."""
+    return stored_k * 2 if scheme in (QuantScheme.INT4_W4A16, QuantScheme.MXFP4_W4A16) else stored_k
+
+
+def expected_weight_scale_shape(cfg: QuantConfig, e: int, n: int, k: int) -> tuple[tuple[int, ...], ...]:
+    """Accepted shapes of the scale of a weight of logical shape [E, N, K]."""
+    s = cfg.scheme
+    if s in _W8A8:
+        if cfg.block_shape is not None:
+            bn, bk = cfg.block_shape
+            return ((e, math.ceil(n / bn), math.ceil(k / bk)),)
+        if cfg.per_out_ch_quant:
+            return ((e, n, 1), (e, n))
+        return ((e,), (e, 1), (e, 1, 1))
+    if s is QuantScheme.INT8_W8A16:
+        return ((e, n), (e, n, 1))
+    if s is QuantScheme.INT4_W4A16:
+        assert cfg.group_size is not None
+        return ((e, n, k // cfg.group_size),)
+    if s is QuantScheme.MXFP4_W4A16:
+        return ((e, n, k // _mx.MX_BLOCK_SIZE),)
+    return ()
+
+
+def expected_zp_shape(cfg: QuantConfig, e: int, n: int, k: int) -> tuple[int, ...]:
+    assert cfg.group_size is not None
+    return (e, n // 2, k // cfg.group_size)
+
+
+# --------------------------------------------------------------------------------------------
+# int4 packing
+
+
+def pack_int4(q: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Pack int4 codes (integers 0..15) two per byte along ``dim``; even index in the low nibble."""
+    q = q.to(torch.uint8).movedim(dim, -1)
+    if q.shape[-1] % 2:
+        raise InvalidInputError("q", f"an even size along dim {dim}", tuple(q.shape))
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).movedim(-1, dim)
+
+
+def unpack_int4(packed: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: bytes -> int4 codes (uint8 0..15), doubling ``dim``."""
+    p = packed.movedim(dim, -1)
+    out = torch.stack([p & 0x0F, (p >> 4) & 0x0F], dim=-1).reshape(*p.shape[:-1], p.shape[-1] * 2)
+    return out.movedim(-1, dim)
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+
+
+class QuantizedWeights(NamedTuple):
+    """A quantized weight ``[E, N, K']`` with its scale and optional zero points."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
+
+
+def _expand_blocks(scale: torch.Tensor, n: int, k: int, bn: int, bk: int) -> torch.Tensor:
+    return scale.repeat_interleave(bn, dim=-2)[..., :n, :].repeat_interleave(bk, dim=-1)[..., :k]
+
+
+def quantize_weights(
+    w: torch.Tensor,
+    scheme: str | QuantScheme,
+    *,
+    block_shape: tuple[int, int] | list[int] | None = None,
+    per_out_ch_quant: bool = False,
+    group_size: int | None = None,
+    zero_point: bool = False,
+) -> QuantizedWeights:
+    """Quantize float expert weights ``w [E, N, K]`` into the layout of ``scheme`` (module doc)."""
+    s = parse_scheme(scheme)
+    if w.dim() != 3:
+        raise InvalidInputError("w", "a 3-D tensor [E, N, K]", tuple(w.shape))
+    e, n, k = w.shape
+    wf = w.float()
+    if s in _W8A8:
+        qmax, qdtype = (FP8_MAX, FP8_DTYPE) if s is QuantScheme.FP8_W8A8 else (INT8_MAX, torch.int8)
+        if block_shape is not None:
+            bn, bk = block_shape
+            nb, kb = math.ceil(n / bn), math.ceil(k / bk)
+            padded = torch.zeros(e, nb * bn, kb * bk, dtype=torch.float32, device=w.device)
+            padded[:, :n, :k] = wf
+            amax = padded.reshape(e, nb, bn, kb, bk).abs().amax(dim=(2, 4))
+            scale = (amax / qmax).clamp(min=1e-12)
+            full = _expand_blocks(scale, n, k, bn, bk)
+        elif per_out_ch_quant:
+            scale = (wf.abs().amax(dim=-1, keepdim=True) / qmax).clamp(min=1e-12)
+            full = scale
+        else:
+            scale = (wf.abs().amax(dim=(1, 2)) / qmax).clamp(min=1e-12)
+            full = scale[:, None, None]
+        q = wf / full
+        q = q.clamp(-FP8_MAX, FP8_MAX).to(qdtype) if qdtype == FP8_DTYPE else q.round().clamp(-128, 127).to(qdtype)
+        return QuantizedWeights(q, scale.float(), None)
+    if s is QuantScheme.INT8_W8A16:
+        scale = (wf.abs().amax(dim=-1) / INT8_MAX).clamp(min=1e-12)
+        q = (wf / scale[..., None]).round().clamp(-128, 127).to(torch.int8)
+        return QuantizedWeights(q, scale.float(), None)
+    if s is QuantScheme.INT4_W4A16:
+        if group_size is None or k % group_size:
+            raise InvalidInputError("group_size", f"a divisor of K={k}", group_size)
+        g = wf.reshape(e, n, k // group_size, group_size)
+        if zero_point:
+            lo = g.amin(dim=-1).clamp(max=0)
+            hi = g.amax(dim=-1).clamp(min=0)
+            scale = ((hi - lo) / 15.0).clamp(min=1e-8)
+            zp = (-lo / scale).round().clamp(0, 15)
+            q = (g / scale[..., None]).round() + zp[..., None]
+            codes = q.clamp(0, 15).reshape(e, n, k)
+            return QuantizedWeights(
+                pack_int4(codes, dim=-1), scale.to(w.dtype if w.is_floating_point() else torch.float16), pack_int4(zp, dim=1)
+            )
+        scale = (g.abs().amax(dim=-1) / 7.0).clamp(min=1e-8)
+        codes = ((g / scale[..., None]).round().clamp(-8, 7) + 8).reshape(e, n, k)
+        return QuantizedWeights(pack_int4(codes, dim=-1), scale.to(w.dtype), None)
+    if s is QuantScheme.MXFP4_W4A16:
+        packed, scales = _mx.quantize_mxfp4(wf)
+        return QuantizedWeights(packed, scales, None)
+    raise InvalidInputError("scheme", "a quantization scheme", None)
+
+
+def dequantize_weights(
+    weight: torch.Tensor,
+    cfg: QuantConfig,
+    which: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Dequantize ``w1`` (``which=1``) or ``w2`` (``which=2``) of ``cfg`` to ``[E, N, K]`` of ``dtype``."""
+    s = cfg.scheme
+    if s is None:
+        return weight.to(dtype)
+    scale = cfg.w1_scale if which == 1 else cfg.w2_scale
+    assert scale is not None
+    if s in _W8A8:
+        wf = weight.float()
+        e, n, k = wf.shape
+        if cfg.block_shape is not None:
+            full = _expand_blocks(scale.float(), n, k, *cfg.block_shape)
+        elif cfg.per_out_ch_quant:
+            full = scale.float().reshape(e, n, 1)
+        else:
+            full = scale.float().reshape(e, 1, 1)
+        return (wf * full).to(dtype)
+    if s is QuantScheme.INT8_W8A16:
+        e, n, _ = weight.shape
+        return (weight.float() * scale.float().reshape(e, n, 1)).to(dtype)
+    if s is QuantScheme.INT4_W4A16:
+        codes = unpack_int4(weight, dim=-1).float()
+        e, n, k = codes.shape
+        gs = cfg.group_size
+        assert gs is not None
+        zp_packed = cfg.w1_zp if which == 1 else cfg.w2_zp
+        zp = unpack_int4(zp_packed, dim=1).float() if zp_packed is not None else torch.full_like(scale, 8.0, dtype=torch.float32)
+        g = codes.reshape(e, n, k // gs, gs)
+        return ((g - zp[..., None]) * scale.float()[..., None]).reshape(e, n, k).to(dtype)
+    if s is QuantScheme.MXFP4_W4A16:
+        return _mx.dequantize_mxfp4(weight, scale, dtype)
+    raise AssertionError(s)
+
+
+# --------------------------------------------------------------------------------------------
+# Activations (what a w8a8 kernel does to its input before each GEMM)
+
+
+def quantize_activation(
+    x: torch.Tensor,
+    scheme: str | QuantScheme,
+    *,
+    scale: torch.Tensor | None = None,
+    per_act_token_quant: bool = False,
+    block_k: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize activations ``x [T, K]`` as fp8/int8 w8a8 kernels do.
+
+    Static per-tensor when ``scale`` (numel 1) is given; else dynamic: per ``[1, block_k]``
+    group, per token, or per tensor. Returns ``(q, scale)`` with scale ``[T, K/block_k]``,
+    ``[T, 1]`` or ``[1]`` (float32).
+    """
+    s = parse_scheme(scheme)
+    if s not in _W8A8:
+        raise InvalidInputError("scheme", "fp8_w8a8 or int8_w8a8", s)
+    fp8 = s is QuantScheme.FP8_W8A8
+    qmax = FP8_MAX if fp8 else INT8_MAX
+    xf = x.float()
+    t, k = xf.shape
+    if scale is not None:
+        sc = scale.float().reshape(1)
+        full = sc.reshape(1, 1)
+    elif block_k is not None:
+        nb = math.ceil(k / block_k)
+        padded = torch.zeros(t, nb * block_k, device=x.device)
+        padded[:, :k] = xf
+        amax = padded.reshape(t, nb, block_k).abs().amax(dim=-1)
+        sc = amax.clamp(min=1e-10) / qmax
+        full = sc.repeat_interleave(block_k, dim=-1)[:, :k]
+    elif per_act_token_quant:
+        amax = xf.abs().amax(dim=-1, keepdim=True)
+        sc = amax.clamp(min=1e-10) / qmax
+        full = sc
+    else:
+        amax = xf.abs().amax().reshape(1) if xf.numel() else torch.ones(1, device=x.device)
+        sc = amax.clamp(min=1e-10) / qmax
+        full = sc.reshape(1, 1)
+    q = xf / full
+    q = q.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE) if fp8 else q.round().clamp(-128, 127).to(torch.int8)
+    return q, sc
+
+
+def dequantize_activation(q: torch.Tensor, scale: torch.Tensor, *, block_k: int | None = None) -> torch.Tensor:
+    """Inverse of :func:`quantize_activation` (float32)."""
+    qf = q.float()
+    if scale.numel() == 1:
+        return qf * scale.float().reshape(1, 1)
+    if block_k is not None:
+        return qf * scale.float().repeat_interleave(block_k, dim=-1)[:, : q.shape[-1]]
+    return qf * scale.float()
+
+
+def fake_quantize_activation(x: torch.Tensor, cfg: QuantConfig, which: int) -> torch.Tensor:
+    """Quantize then dequantize the input of GEMM ``which`` (1 or 2) as the kernel would."""
+    assert cfg.scheme is not None
+    scale = cfg.a1_scale if which == 1 else cfg.a2_scale
+    block_k = cfg.block_shape[1] if cfg.block_shape is not None else None
+    q, sc = quantize_activation(
+        x, cfg.scheme, scale=scale, per_act_token_quant=cfg.per_act_token_quant, block_k=block_k
+    )
+    return dequantize_activation(q, sc, block_k=block_k)
+
+
+def quantize_moe_weights(
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    scheme: str | QuantScheme | None,
+    *,
+    block_shape: tuple[int, int] | list[int] | None = None,
+    per_out_ch_quant: bool = False,
+    per_act_token_quant: bool = False,
+    group_size: int | None = None,
+    zero_point: bool = False,
+    a1_scale: torch.Tensor | None = None,
+    a2_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, QuantConfig]:
+    """Quantize float ``w1 [E, 2I, H]`` and ``w2 [E, H, I]`` and build the matching config.
+
+    Convenience for tests, benchmarks and users who need quantized test data. Returns
+    ``(w1_q, w2_q, quant_config)``.
+    """
+    s = parse_scheme(scheme)
+    if s is None:
+        return w1, w2, make_quant_config(None)
+    q1 = quantize_weights(w1, s, block_shape=block_shape, per_out_ch_quant=per_out_ch_quant, group_size=group_size, zero_point=zero_point)
+    q2 = quantize_weights(w2, s, block_shape=block_shape, per_out_ch_quant=per_out_ch_quant, group_size=group_size, zero_point=zero_point)
+    return q1.weight, q2.weight, make_quant_config(
+        s, w1_scale=q1.scale, w2_scale=q2.scale, w1_zp=q1.zero_point, w2_zp=q2.zero_point,
+        a1_scale=a1_scale, a2_scale=a2_scale, block_shape=block_shape,
+        per_act_token_quant=per_act_token_quant, per_out_ch_quant=per_out_ch_quant,
+        group_size=group_size,
+    )

@@ -1,0 +1,150 @@
+"""Reference fused experts: sort the (token, expert) slots by expert, two grouped GEMMs, combine.
+
+Numerics follow the engines' Triton kernels: unquantized and weight-only schemes multiply in the
+activation dtype (bf16/fp16/fp32) with float32 accumulation, the gated activation is computed in
+float32 and stored in the activation dtype, ``*_w8a8`` schemes quantize each GEMM's input as the
+kernel does (then compute in float32), and the ``top_k`` expert outputs of a token are summed in
+float32.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+
+from ..quant import QuantConfig, dequantize_weights, fake_quantize_activation
+from ..vocab import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT, Activation
+
+_GROUPED_MM = getattr(torch, "_grouped_mm", None)
+_grouped_mm_ok: dict[tuple[str, torch.dtype], bool] = {}
+_probe_lock = threading.Lock()
+
+
+def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch._grouped_mm`` runs for this device type and dtype (probed once)."""
+    key = (device.type, dtype)
+    ok = _grouped_mm_ok.get(key)
+    if ok is not None:
+        return ok
+    with _probe_lock:
+        ok = _grouped_mm_ok.get(key)
+        if ok is None:
+            ok = False
+            if _GROUPED_MM is not None:
+                try:
+                    a = torch.ones(16, 16, device=device, dtype=dtype)
+                    b = torch.ones(2, 16, 16, device=device, dtype=dtype)
+                    offs = torch.tensor([8, 16], device=device, dtype=torch.int32)
+                    out = _GROUPED_MM(a, b, offs=offs)
+                    ok = bool(torch.allclose(out.float(), torch.full((16, 16), 16.0, device=device)))
+                except (RuntimeError, NotImplementedError, TypeError):
+                    ok = False
+            _grouped_mm_ok[key] = ok
+    return ok
+
+
+def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``out[rows of group e] = x[rows of group e] @ w[e].T``.
+
+    ``x [N, K]`` rows sorted by group, ``w [E, Nout, K]``, ``counts [E]`` rows per group
+    (rows after ``sum(counts)`` are left unspecified). Uses ``torch._grouped_mm`` without a host
+    synchronisation where it works; otherwise one matmul per non-empty group (reads ``counts``
+    on the host).
+    """
+    e, n_out, k = w.shape
+    aligned = k % 8 == 0 and n_out % 8 == 0
+    if aligned and x.dtype == w.dtype and _grouped_mm_works(x.device, x.dtype):
+        offs = torch.cumsum(counts, dim=0, dtype=torch.int32)
+        assert _GROUPED_MM is not None
+        return _GROUPED_MM(x, w.transpose(1, 2), offs=offs)
+    out = torch.empty(x.shape[0], n_out, device=x.device, dtype=x.dtype)
+    start = 0
+    for expert, count in enumerate(counts.tolist()):
+        if count:
+            out[start : start + count] = x[start : start + count] @ w[expert].transpose(0, 1).to(x.dtype)
+        start += count
+    if start < out.shape[0]:
+        out[start:] = 0
+    return out
+
+
+def apply_activation(h: torch.Tensor, activation: Activation) -> torch.Tensor:
+    """Gated activation of ``h [N, 2I]`` -> ``[N, I]`` (computed in float32)."""
+    hf = h.float()
+    if activation is Activation.SWIGLUOAI:
+        gate = hf[:, 0::2].clamp(max=SWIGLUOAI_LIMIT)
+        up = hf[:, 1::2].clamp(min=-SWIGLUOAI_LIMIT, max=SWIGLUOAI_LIMIT)
+        out = (up + 1.0) * gate * torch.sigmoid(SWIGLUOAI_ALPHA * gate)
+    else:
+        i = hf.shape[-1] // 2
+        gate, up = hf[:, :i], hf[:, i:]
+        out = (F.silu(gate) if activation is Activation.SILU else F.gelu(gate)) * up
+    return out.to(h.dtype)
+
+
+def fused_experts(
+    hidden_states: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: Activation,
+    quant_config: QuantConfig,
+    expert_map: torch.Tensor | None,
+    global_num_experts: int,
+    apply_router_weight_on_input: bool,
+    inplace: bool,
+) -> torch.Tensor:
+    """Reference MoE expert computation (arguments already validated by moecompat.api).
+
+    ``hidden_states [T, H]``, ``w1 [E, 2I, H']``, ``w2 [E, H, I']`` (``'``: packed for 4-bit
+    schemes), ``topk_weights [T, k]``, ``topk_ids [T, k]`` global ids; returns ``[T, H]`` of
+    ``hidden_states.dtype`` (written into ``hidden_states`` when ``inplace``).
+    """
+    t, h = hidden_states.shape
+    k = topk_ids.shape[1]
+    num_local = w1.shape[0]
+    out_dtype = hidden_states.dtype
+    cfg = quant_config
+    if cfg.scheme is None:
+        compute = out_dtype
+        w1c, w2c = w1, w2
+    else:
+        compute = torch.float32 if cfg.quantizes_activations else out_dtype
+        w1c = dequantize_weights(w1, cfg, 1, compute)
+        w2c = dequantize_weights(w2, cfg, 2, compute)
+
+    flat_ids = topk_ids.reshape(-1).long()
+    if expert_map is not None:
+        flat_ids = expert_map.long()[flat_ids]
+    # Slots routed to experts not on this rank sort last, into a dummy group that is dropped.
+    valid = flat_ids >= 0
+    flat_ids = torch.where(valid, flat_ids, num_local)
+    order = torch.argsort(flat_ids, stable=True)
+    counts = torch.bincount(flat_ids, minlength=num_local + 1)[:num_local]
+    slot_weights = topk_weights.reshape(-1).float()
+
+    x = hidden_states[order // k]
+    if cfg.quantizes_activations:
+        x = fake_quantize_activation(x, cfg, 1)
+    x = x.to(compute)
+    inter = grouped_matmul(x, w1c, counts)
+    if apply_router_weight_on_input:
+        inter = (inter.float() * slot_weights[order, None]).to(inter.dtype)
+    act = apply_activation(inter, activation)
+    if cfg.quantizes_activations:
+        act = fake_quantize_activation(act, cfg, 2).to(compute)
+    rows = grouped_matmul(act, w2c, counts).float()
+    sorted_valid = valid[order]
+    rows = torch.where(sorted_valid[:, None], rows, 0.0)
+    slots = torch.empty_like(rows)
+    slots[order] = rows
+    if not apply_router_weight_on_input:
+        slots = slots * slot_weights[:, None]
+    out = slots.view(t, k, h).sum(dim=1).to(out_dtype)
+    if inplace:
+        hidden_states.copy_(out)
+        return hidden_states
+    return out
