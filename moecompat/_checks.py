@@ -8,7 +8,10 @@ variable ``MOECOMPAT_DEBUG=1``), because they need a device-to-host copy.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import weakref
+from typing import Any
 
 import torch
 
@@ -45,50 +48,80 @@ def _shape(t: torch.Tensor) -> list[int]:
     return list(t.shape)
 
 
-def _check_device(name: str, t: torch.Tensor, device_index: int, ref_name: str, ref: torch.Tensor) -> None:
-    if t.get_device() != device_index:
+def _check_same_device(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
         raise _fail(name, f"a tensor on {ref.device} (like {ref_name})", f"a tensor on {t.device}")
 
 
 def check_ids_range(name: str, ids: torch.Tensor, low: int, high: int) -> None:
     """Value check ``low <= ids < high`` on CPU tensors, or on CUDA tensors in debug mode."""
-    if ids.numel() == 0 or (ids.is_cuda and not _debug):
+    if ids.is_cuda and not _debug:
         return
-    lo = int(ids.min())
-    hi = int(ids.max())
+    n = ids.numel()
+    if n == 0:
+        return
+    if n <= 64 and ids.dim() == 2:  # decode-sized: host lists are ~10x cheaper than reductions
+        rows = ids.tolist()
+        lo, hi = min(map(min, rows)), max(map(max, rows))
+    else:
+        lo_t, hi_t = torch.aminmax(ids)
+        lo, hi = int(lo_t), int(hi_t)
     if lo < low or hi >= high:
         raise _fail(name, f"values in [{low}, {high})", f"values in [{lo}, {hi}]")
 
 
-def check_fused_experts(
-    hidden_states: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    qc: QuantConfig,
-    expert_map: torch.Tensor | None,
-    global_num_experts: int,
-    inplace: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Validate ``fused_experts`` arguments; returns contiguous token tensors and the global
-    expert count. Non-contiguous ``hidden_states``/``topk_*`` are copied (kernels need them
-    dense); weights whose last dimension is strided are rejected, since copying them on every
-    call would be a hidden cost."""
-    for name, t in (("hidden_states", hidden_states), ("w1", w1), ("w2", w2), ("topk_weights", topk_weights), ("topk_ids", topk_ids)):
+@dataclasses.dataclass(frozen=True)
+class WeightInfo:
+    """What validating a (w1, w2, quant_config, expert_map) set established."""
+
+    hidden: int
+    num_local: int
+    global_num_experts: int
+    device_index: int
+
+
+# id(w1) -> ((weakrefs to w1, w2), quant config, expert map, global_num_experts, dtype, WeightInfo).
+# Weights are the same objects on every call of a layer, so their full validation (about 40
+# attribute reads) runs once per weight set; the weakrefs guard against a reused id.
+_weight_cache: dict[int, tuple[Any, ...]] = {}
+_WEIGHT_CACHE_MAX = 4096
+
+
+def _validated_weights(
+    w1: torch.Tensor, w2: torch.Tensor, qc: QuantConfig, expert_map: torch.Tensor | None,
+    global_num_experts: int, act_dtype: torch.dtype, ref: torch.Tensor,
+) -> WeightInfo:
+    hit = _weight_cache.get(id(w1))
+    if hit is not None and hit[1] is qc and hit[2] is expert_map and hit[3] == global_num_experts \
+            and hit[4] is act_dtype and hit[0][0]() is w1 and hit[0][1]() is w2:
+        info: WeightInfo = hit[5]
+        return info
+    info = _check_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, ref)
+    if len(_weight_cache) >= _WEIGHT_CACHE_MAX:
+        _weight_cache.clear()
+    try:
+        # Weak references to the (large) weights; quant config and expert map are small and
+        # compared by identity.
+        _weight_cache[id(w1)] = ((weakref.ref(w1), weakref.ref(w2)), qc, expert_map, global_num_experts, act_dtype, info)
+    except TypeError:  # an object that takes no weak references: validate every call
+        pass
+    return info
+
+
+def _check_weights(
+    w1: torch.Tensor, w2: torch.Tensor, qc: QuantConfig, expert_map: torch.Tensor | None,
+    global_num_experts: int, act_dtype: torch.dtype, ref: torch.Tensor,
+) -> WeightInfo:
+    for name, t in (("w1", w1), ("w2", w2)):
         if not isinstance(t, torch.Tensor):
             raise _fail(name, "a torch.Tensor", type(t).__name__)
-    if hidden_states.dim() != 2:
-        raise _fail("hidden_states", "a 2-D tensor [num_tokens, hidden]", _shape(hidden_states))
     if w1.dim() != 3:
         raise _fail("w1", "a 3-D tensor [num_experts, 2 * intermediate, hidden]", _shape(w1))
     if w2.dim() != 3:
         raise _fail("w2", "a 3-D tensor [num_experts, hidden, intermediate]", _shape(w2))
-    t_tokens, hidden = hidden_states.shape
+    hidden = ref.shape[1]
     num_local, n1, k1 = w1.shape
     scheme = qc.scheme
-    if hidden_states.dtype not in _FLOAT_ACT:
-        raise _fail("hidden_states", "dtype bfloat16, float16 or float32", hidden_states.dtype)
     if w2.shape[0] != num_local:
         raise _fail("w2", f"{num_local} experts in dim 0 (like w1)", _shape(w2))
     if logical_k(scheme, k1) != hidden:
@@ -104,37 +137,25 @@ def check_fused_experts(
         raise _fail("w2", f"intermediate size {inter} in dim 2 (w1 has 2*I = {n1} rows)", _shape(w2))
     _, w_dtypes = weight_storage(scheme, n1, hidden)
     if scheme is None:
-        if w1.dtype != hidden_states.dtype or w2.dtype != hidden_states.dtype:
-            raise _fail("w1" if w1.dtype != hidden_states.dtype else "w2",
-                        f"dtype {hidden_states.dtype} (the dtype of hidden_states, unquantized weights)",
-                        w1.dtype if w1.dtype != hidden_states.dtype else w2.dtype)
+        for name, w in (("w1", w1), ("w2", w2)):
+            if w.dtype != act_dtype:
+                raise _fail(name, f"dtype {act_dtype} (the dtype of hidden_states, unquantized weights)", w.dtype)
     else:
-        if w1.dtype not in w_dtypes or w2.dtype not in w_dtypes:
-            raise _fail("w1" if w1.dtype not in w_dtypes else "w2", f"dtype {' or '.join(map(str, w_dtypes))} for scheme {scheme.value}",
-                        w1.dtype if w1.dtype not in w_dtypes else w2.dtype)
-    if topk_ids.dim() != 2:
-        raise _fail("topk_ids", "a 2-D tensor [num_tokens, top_k]", _shape(topk_ids))
-    if topk_weights.shape != topk_ids.shape:
-        raise _fail("topk_weights", f"shape {_shape(topk_ids)} (same as topk_ids)", _shape(topk_weights))
-    if topk_ids.shape[0] != t_tokens:
-        raise _fail("topk_ids", f"{t_tokens} rows (one per token of hidden_states)", _shape(topk_ids))
-    if topk_ids.dtype not in _ID_DTYPES:
-        raise _fail("topk_ids", "dtype int32 or int64", topk_ids.dtype)
-    if not topk_weights.is_floating_point():
-        raise _fail("topk_weights", "a floating-point dtype (float32)", topk_weights.dtype)
-    dev = hidden_states.get_device()
-    for name, t in (("w1", w1), ("w2", w2), ("topk_weights", topk_weights), ("topk_ids", topk_ids)):
-        _check_device(name, t, dev, "hidden_states", hidden_states)
-    if w1.stride(-1) != 1 or w2.stride(-1) != 1:
-        raise _fail("w1" if w1.stride(-1) != 1 else "w2", "a tensor contiguous in its last dimension",
-                    f"stride {list((w1 if w1.stride(-1) != 1 else w2).stride())}", "call .contiguous() once, outside the hot loop")
-
+        for name, w in (("w1", w1), ("w2", w2)):
+            if w.dtype not in w_dtypes:
+                raise _fail(name, f"dtype {' or '.join(map(str, w_dtypes))} for scheme {scheme.value}", w.dtype)
+    for name, t in (("w1", w1), ("w2", w2)):
+        _check_same_device(name, t, "hidden_states", ref)
+        if t.stride(-1) != 1:
+            raise _fail(name, "a tensor contiguous in its last dimension", f"stride {list(t.stride())}",
+                        "call .contiguous() once, outside the hot loop")
     if expert_map is not None:
         if not isinstance(expert_map, torch.Tensor) or expert_map.dim() != 1:
-            raise _fail("expert_map", "a 1-D tensor [global_num_experts]", _shape(expert_map) if isinstance(expert_map, torch.Tensor) else type(expert_map).__name__)
+            raise _fail("expert_map", "a 1-D tensor [global_num_experts]",
+                        _shape(expert_map) if isinstance(expert_map, torch.Tensor) else type(expert_map).__name__)
         if expert_map.dtype not in _ID_DTYPES:
             raise _fail("expert_map", "dtype int32 or int64", expert_map.dtype)
-        _check_device("expert_map", expert_map, dev, "hidden_states", hidden_states)
+        _check_same_device("expert_map", expert_map, "hidden_states", ref)
         if global_num_experts not in (-1, expert_map.shape[0]):
             raise _fail("expert_map", f"length global_num_experts={global_num_experts}", expert_map.shape[0])
         global_num_experts = expert_map.shape[0]
@@ -143,12 +164,67 @@ def check_fused_experts(
         global_num_experts = num_local
     elif global_num_experts != num_local:
         raise _fail("global_num_experts", f"{num_local} (w1's experts) when no expert_map is given", global_num_experts)
-    if topk_ids.shape[1] > global_num_experts or topk_ids.shape[1] < 1:
-        raise _fail("topk_ids", f"between 1 and {global_num_experts} columns (top_k <= num_experts)", _shape(topk_ids))
-    check_ids_range("topk_ids", topk_ids, 0, global_num_experts)
     if scheme is not None:
-        _check_quant(qc, num_local, n1, hidden, inter, dev, hidden_states)
+        _check_quant(qc, num_local, n1, hidden, inter, ref)
+    return WeightInfo(hidden, num_local, global_num_experts, ref.get_device())
 
+
+def check_fused_experts(
+    hidden_states: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    qc: QuantConfig,
+    expert_map: torch.Tensor | None,
+    global_num_experts: int,
+    inplace: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Validate ``fused_experts`` arguments; returns contiguous token tensors and the global
+    expert count.
+
+    Non-contiguous ``hidden_states``/``topk_*`` are copied (kernels need them dense); weights
+    whose last dimension is strided are rejected, since copying them on every call would be a
+    hidden cost. The weights' checks run once per weight set (see :data:`_weight_cache`); the
+    per-token tensors are checked on every call.
+    """
+    if not isinstance(hidden_states, torch.Tensor):
+        raise _fail("hidden_states", "a torch.Tensor", type(hidden_states).__name__)
+    if hidden_states.dim() != 2:
+        raise _fail("hidden_states", "a 2-D tensor [num_tokens, hidden]", _shape(hidden_states))
+    act_dtype = hidden_states.dtype
+    if act_dtype not in _FLOAT_ACT:
+        raise _fail("hidden_states", "dtype bfloat16, float16 or float32", act_dtype)
+    info = _validated_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, hidden_states)
+    t_tokens, hidden = hidden_states.shape
+    dev = hidden_states.get_device()
+    if hidden != info.hidden or dev != info.device_index:
+        # Same weights, new hidden size or device: re-validate against this input.
+        _weight_cache.pop(id(w1), None)
+        info = _validated_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, hidden_states)
+    for name, t in (("topk_weights", topk_weights), ("topk_ids", topk_ids)):
+        if not isinstance(t, torch.Tensor):
+            raise _fail(name, "a torch.Tensor", type(t).__name__)
+    ids_shape = topk_ids.shape
+    if len(ids_shape) != 2:
+        raise _fail("topk_ids", "a 2-D tensor [num_tokens, top_k]", list(ids_shape))
+    if topk_weights.shape != ids_shape:
+        raise _fail("topk_weights", f"shape {list(ids_shape)} (same as topk_ids)", _shape(topk_weights))
+    if ids_shape[0] != t_tokens:
+        raise _fail("topk_ids", f"{t_tokens} rows (one per token of hidden_states)", list(ids_shape))
+    if topk_ids.dtype not in _ID_DTYPES:
+        raise _fail("topk_ids", "dtype int32 or int64", topk_ids.dtype)
+    if not topk_weights.is_floating_point():
+        raise _fail("topk_weights", "a floating-point dtype (float32)", topk_weights.dtype)
+    if topk_ids.get_device() != dev:
+        raise _fail("topk_ids", f"a tensor on {hidden_states.device} (like hidden_states)", f"a tensor on {topk_ids.device}")
+    if topk_weights.get_device() != dev:
+        raise _fail("topk_weights", f"a tensor on {hidden_states.device} (like hidden_states)", f"a tensor on {topk_weights.device}")
+    gne = info.global_num_experts
+    if ids_shape[1] > gne or ids_shape[1] < 1:
+        raise _fail("topk_ids", f"between 1 and {gne} columns (top_k <= num_experts)", list(ids_shape))
+    if not topk_ids.is_cuda or _debug:
+        check_ids_range("topk_ids", topk_ids, 0, gne)
     if not hidden_states.is_contiguous():
         if inplace:
             raise _fail("hidden_states", "a contiguous tensor when inplace=True", f"stride {list(hidden_states.stride())}")
@@ -157,10 +233,10 @@ def check_fused_experts(
         topk_ids = topk_ids.contiguous()
     if not topk_weights.is_contiguous():
         topk_weights = topk_weights.contiguous()
-    return hidden_states, topk_weights, topk_ids, global_num_experts
+    return hidden_states, topk_weights, topk_ids, gne
 
 
-def _check_quant(qc: QuantConfig, e: int, n1: int, hidden: int, inter: int, dev: int, ref: torch.Tensor) -> None:
+def _check_quant(qc: QuantConfig, e: int, n1: int, hidden: int, inter: int, ref: torch.Tensor) -> None:
     s = qc.scheme
     assert s is not None
     if qc.block_shape is not None:
@@ -182,7 +258,7 @@ def _check_quant(qc: QuantConfig, e: int, n1: int, hidden: int, inter: int, dev:
                 raise _fail(name, "dtype uint8 (e8m0 exponents)", scale.dtype)
         elif not scale.is_floating_point():
             raise _fail(name, "a floating-point dtype", scale.dtype)
-        _check_device(name, scale, dev, "hidden_states", ref)
+        _check_same_device(name, scale, "hidden_states", ref)
     if qc.w1_zp is not None:
         for name, zp, n, k in (("w1_zp", qc.w1_zp, n1, hidden), ("w2_zp", qc.w2_zp, hidden, inter)):
             assert zp is not None
@@ -191,12 +267,12 @@ def _check_quant(qc: QuantConfig, e: int, n1: int, hidden: int, inter: int, dev:
                 raise _fail(name, f"{list(exp)} (int4 zero points packed two per byte along N)", _shape(zp))
             if zp.dtype != torch.uint8:
                 raise _fail(name, "dtype uint8", zp.dtype)
-            _check_device(name, zp, dev, "hidden_states", ref)
+            _check_same_device(name, zp, "hidden_states", ref)
     for name, a in (("a1_scale", qc.a1_scale), ("a2_scale", qc.a2_scale)):
         if a is not None:
             if a.numel() != 1:
                 raise _fail(name, "a per-tensor scale (numel 1)", _shape(a))
-            _check_device(name, a, dev, "hidden_states", ref)
+            _check_same_device(name, a, "hidden_states", ref)
 
 
 def check_select_experts(
@@ -221,7 +297,7 @@ def check_select_experts(
         raise _fail("router_logits", f"{hidden_states.shape[0]} rows (one per token of hidden_states)", _shape(router_logits))
     if not router_logits.is_floating_point():
         raise _fail("router_logits", "a floating-point dtype", router_logits.dtype)
-    _check_device("router_logits", router_logits, hidden_states.get_device(), "hidden_states", hidden_states)
+    _check_same_device("router_logits", router_logits, "hidden_states", hidden_states)
     num_experts = router_logits.shape[1]
     if not isinstance(top_k, int) or isinstance(top_k, bool):
         raise _fail("top_k", "an int", type(top_k).__name__)
@@ -244,7 +320,7 @@ def check_select_experts(
         if not isinstance(e_score_correction_bias, torch.Tensor) or tuple(e_score_correction_bias.shape) != (num_experts,):
             raise _fail("e_score_correction_bias", f"a tensor of shape [{num_experts}]",
                         _shape(e_score_correction_bias) if isinstance(e_score_correction_bias, torch.Tensor) else type(e_score_correction_bias).__name__)
-        _check_device("e_score_correction_bias", e_score_correction_bias, hidden_states.get_device(), "hidden_states", hidden_states)
+        _check_same_device("e_score_correction_bias", e_score_correction_bias, "hidden_states", hidden_states)
     if routed_scaling_factor is not None and not (isinstance(routed_scaling_factor, (int, float)) and routed_scaling_factor > 0):
         raise _fail("routed_scaling_factor", "a positive number or None", routed_scaling_factor)
     if custom_routing_function is not None and not callable(custom_routing_function):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -76,6 +76,8 @@ class QuantConfig:
     per_act_token_quant: bool = False
     per_out_ch_quant: bool = False
     group_size: int | None = None
+    #: Engine-specific translations of this config (built once, on first use by an adapter).
+    _engine_cache: dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def is_quantized(self) -> bool:

@@ -133,7 +133,8 @@ class Engine:
             return Resolution(entry_point, self.name, "error", detail=str(err), error=err)
 
     def ok(self, entry_point: str, impl: Callable[..., Any], target: Any, variant: str | None) -> Resolution:
-        return Resolution(entry_point, self.name, "ok", impl=impl, resolved=qualified_name(target), variant=variant)
+        resolved = target if isinstance(target, str) else qualified_name(target)
+        return Resolution(entry_point, self.name, "ok", impl=impl, resolved=resolved, variant=variant)
 
     def find(self, locations: Sequence[Location], accept: Callable[[Any], bool] | None = None) -> tuple[Location, Any]:
         return find_symbol(locations, accept)

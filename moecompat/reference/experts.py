@@ -130,14 +130,18 @@ def fused_experts(
     if cfg.quantizes_activations:
         x = fake_quantize_activation(x, cfg, 1)
     x = x.to(compute)
+    sorted_valid = valid[order]
     inter = grouped_matmul(x, w1c, counts)
+    if expert_map is not None:
+        # Kernels write zeros for slots of experts not on this rank; the rows grouped_matmul
+        # leaves unspecified must not reach a per-tensor activation scale.
+        inter = torch.where(sorted_valid[:, None], inter, 0)
     if apply_router_weight_on_input:
         inter = (inter.float() * slot_weights[order, None]).to(inter.dtype)
     act = apply_activation(inter, activation)
     if cfg.quantizes_activations:
         act = fake_quantize_activation(act, cfg, 2).to(compute)
     rows = grouped_matmul(act, w2c, counts).float()
-    sorted_valid = valid[order]
     rows = torch.where(sorted_valid[:, None], rows, 0.0)
     slots = torch.empty_like(rows)
     slots[order] = rows

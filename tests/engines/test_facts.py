@@ -1,0 +1,49 @@
+"""Every version fact of the engine under test holds exactly for the versions it names."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+
+from moecompat.adapters import VersionFact
+from moecompat.engines import ENGINES
+
+
+def pytest_generate_tests(metafunc):
+    if "fact" in metafunc.fixturenames:
+        name = metafunc.config.getoption("--engine")
+        facts = [f for f in ENGINES[name].facts if f.kind != "behaviour"] if name in ENGINES else []
+        metafunc.parametrize("fact", facts, ids=[f.what for f in facts])
+
+
+def probe(fact: VersionFact):
+    """Whether the fact's symbol (or parameter) exists in the installed engine."""
+    module, qualname = fact.where.split(":")
+    try:
+        obj = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # Absent only if the missing module is the fact's own module (or a package of it);
+        # a missing third-party dependency is a broken environment, not a version fact.
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            return False
+        raise
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    if fact.kind == "param":
+        return fact.param in inspect.signature(obj).parameters
+    return True
+
+
+def test_fact_holds(request, fact):
+    engine = request.getfixturevalue(f"{request.config.getoption('--engine')}_engine")
+    present = probe(fact)
+    expected = fact.holds_for(engine.version())
+    assert present == expected, (
+        f"{engine.name} {engine.version()}: fact {fact.what!r} ({fact.where}"
+        f"{' param ' + fact.param if fact.param else ''}) says versions {fact.versions}, "
+        f"but the installed release {'has' if present else 'lacks'} it"
+    )

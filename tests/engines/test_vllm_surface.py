@@ -1,0 +1,221 @@
+"""moecompat's vLLM adapters against the real installed vLLM (CPU): resolution, binding,
+config names, quant configs, routing and expert maps."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+
+import pytest
+import torch
+
+import moecompat as mc
+from moecompat import quant
+from moecompat.adapters import REGISTRY
+from moecompat.backends import ENTRY_POINTS
+from tests.engines.conftest import version_in
+
+# Entry points a version is allowed to lack, with the versions that have them.
+EXPECTED_UNSUPPORTED = {"make_expert_map": ">=0.8"}
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_adapter_resolves(vllm_engine, entry_point):
+    res = REGISTRY.resolution(entry_point, "vllm")
+    if entry_point in EXPECTED_UNSUPPORTED and not version_in(vllm_engine, EXPECTED_UNSUPPORTED[entry_point]):
+        assert res.status == "unsupported", res
+        assert isinstance(res.error, mc.UnsupportedFeatureError)
+        assert res.error.engine == "vllm" and res.error.installed == str(vllm_engine.version())
+    else:
+        assert res.status == "ok", res.detail
+        assert res.resolved and res.resolved.startswith("vllm."), res.resolved
+
+
+def _weights(scheme, opts, e=4, h=64, i=32):
+    torch.manual_seed(0)
+    w1 = torch.randn(e, 2 * i, h) / 8
+    w2 = torch.randn(e, h, i) / 8
+    return quant.quantize_moe_weights(w1, w2, scheme, **opts)
+
+
+FE_CASES = [
+    (None, {}), ("fp8_w8a8", {}), ("fp8_w8a8", {"block_shape": [16, 16]}),
+    ("fp8_w8a8", {"per_out_ch_quant": True, "per_act_token_quant": True}),
+    ("int8_w8a8", {"per_out_ch_quant": True, "per_act_token_quant": True}),
+    ("int8_w8a16", {}), ("int4_w4a16", {"group_size": 16}), ("int4_w4a16", {"group_size": 16, "zero_point": True}),
+]
+SCHEME_SINCE = {"int4_w4a16": ">=0.7", "int8_w8a8": ">=0.8"}
+
+
+@pytest.mark.parametrize(("scheme", "opts"), FE_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("use_map", [False, True])
+def test_fused_experts_kwargs_bind(vllm_engine, scheme, opts, use_map):
+    """The call moecompat would make binds to the installed fused_experts' signature."""
+    impl = REGISTRY.impl("fused_experts", "vllm")
+    w1, w2, qc = _weights(scheme, opts)
+    x = torch.randn(3, 64)
+    tw, ti = mc.select_experts(x, torch.randn(3, 4), 2, backend="reference")
+    emap = torch.tensor([0, 1, 2, 3], dtype=torch.int32) if use_map else None
+    if scheme in SCHEME_SINCE and not version_in(vllm_engine, SCHEME_SINCE[scheme]):
+        with pytest.raises(mc.UnsupportedFeatureError) as info:
+            impl.build_call(x, w1, w2, tw, ti, mc.Activation.SILU, qc, emap, 4, False, False)
+        assert SCHEME_SINCE[scheme] in str(info.value)
+        return
+    args, kwargs, _ = impl.build_call(x, w1, w2, tw, ti, mc.Activation.SILU, qc, emap, 4, False, False)
+    bound = inspect.signature(impl.target).bind(*args, **kwargs)
+    if scheme is not None and "quant_config" in bound.arguments:
+        assert type(bound.arguments["quant_config"]).__name__ == "FusedMoEQuantConfig"
+
+
+@pytest.mark.parametrize("activation", list(mc.Activation))
+def test_activation_support_matches_facts(vllm_engine, activation):
+    impl = REGISTRY.impl("fused_experts", "vllm")
+    w1, w2, qc = _weights(None, {})
+    x = torch.randn(3, 64)
+    tw, ti = mc.select_experts(x, torch.randn(3, 4), 2, backend="reference")
+    since = {mc.Activation.SILU: ">=0.6", mc.Activation.GELU: vllm_engine.fact("gelu activation").versions,
+             mc.Activation.SWIGLUOAI: vllm_engine.fact("swigluoai activation").versions}[activation]
+    if version_in(vllm_engine, since):
+        args, kwargs, _ = impl.build_call(x, w1, w2, tw, ti, activation, qc, None, 4, False, False)
+        inspect.signature(impl.target).bind(*args, **kwargs)
+    else:
+        with pytest.raises(mc.UnsupportedFeatureError, match=activation.value):
+            impl.build_call(x, w1, w2, tw, ti, activation, qc, None, 4, False, False)
+
+
+def _engine_dtype_str():
+    try:
+        from vllm.model_executor.layers.fused_moe.config import _get_config_dtype_str as f
+    except ImportError:
+        from vllm.model_executor.layers.fused_moe.fused_moe import get_config_dtype_str as f
+    return f
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_config_dtype_str_equals_engine(vllm_engine, dtype):
+    own = _engine_dtype_str()
+    params = inspect.signature(own).parameters
+    flags = [p for p in ("use_fp8_w8a8", "use_int8_w8a16", "use_int4_w4a16") if p in params]
+    for values in itertools.product([False, True], repeat=len(flags)):
+        kw = dict(zip(flags, values))
+        assert mc.get_config_dtype_str(dtype, backend="vllm", **kw) == own(dtype, **kw), kw
+    if "ocp_mx_scheme" in params:
+        assert mc.get_config_dtype_str(dtype, ocp_mx_scheme="w_mxfp4_a_mxfp4", backend="vllm") == own(
+            dtype, ocp_mx_scheme="w_mxfp4_a_mxfp4")
+    if version_in(vllm_engine, ">=0.11"):
+        # moecompat's own rules (used with no engine) are current vLLM's.
+        for values in itertools.product([False, True], repeat=len(flags)):
+            kw = dict(zip(flags, values))
+            assert mc.get_config_dtype_str(dtype, backend="reference", **kw) == own(dtype, **kw), kw
+
+
+QC_CASES = [
+    ("fp8_w8a8", {}), ("fp8_w8a8", {"block_shape": [16, 16]}), ("fp8_w8a8", {"per_out_ch_quant": True, "per_act_token_quant": True}),
+    ("int8_w8a8", {"per_out_ch_quant": True, "per_act_token_quant": True}), ("int8_w8a16", {}),
+    ("int4_w4a16", {"group_size": 16}), ("int4_w4a16", {"group_size": 16, "zero_point": True}),
+]
+
+
+@pytest.mark.parametrize(("scheme", "opts"), QC_CASES, ids=lambda v: str(v))
+def test_quant_config_equals_engine_factories(vllm_engine, scheme, opts):
+    if not version_in(vllm_engine, ">=0.9"):
+        # No FusedMoEQuantConfig yet: moecompat passes legacy keyword flags.
+        _, _, qc = _weights(scheme, opts)
+        if scheme in SCHEME_SINCE and not version_in(vllm_engine, SCHEME_SINCE[scheme]):
+            with pytest.raises(mc.UnsupportedFeatureError, match=SCHEME_SINCE[scheme]):
+                mc.to_engine_quant_config(qc, backend="vllm")
+            return
+        flags = mc.to_engine_quant_config(qc, backend="vllm")
+        assert flags[f"use_{scheme}"] is True and flags["w1_scale"] is qc.w1_scale
+        return
+    _, _, qc = _weights(scheme, opts)
+    ours = mc.to_engine_quant_config(qc, backend="vllm")
+    from vllm.model_executor.layers.fused_moe import config as vcfg
+
+    assert type(ours) is vcfg.FusedMoEQuantConfig
+    bs = [0, 16] if scheme == "int4_w4a16" else opts.get("block_shape")
+    if version_in(vllm_engine, ">=0.11"):
+        factory = getattr(vcfg, f"{scheme}_moe_quant_config")
+        kw = dict(w1_scale=qc.w1_scale, w2_scale=qc.w2_scale)
+        if scheme in ("int4_w4a16", "int8_w8a16"):
+            kw.update(w1_zp=qc.w1_zp, w2_zp=qc.w2_zp, block_shape=bs)
+        else:
+            kw.update(per_act_token_quant=qc.per_act_token_quant, block_shape=bs)
+            if "per_out_ch_quant" in inspect.signature(factory).parameters:
+                kw["per_out_ch_quant"] = qc.per_out_ch_quant
+        theirs = factory(**kw)
+    else:
+        theirs = vcfg.FusedMoEQuantConfig.make(**{f"use_{scheme}": True}, per_act_token_quant=qc.per_act_token_quant,
+                                               per_out_ch_quant=qc.per_out_ch_quant, block_shape=bs)
+    for attr in ("quant_dtype", "use_fp8_w8a8", "use_int8_w8a8", "use_int8_w8a16", "use_int4_w4a16",
+                 "per_act_token_quant", "per_out_ch_quant", "block_shape", "w1_scale", "w2_scale", "w1_zp", "w2_zp"):
+        if hasattr(theirs, attr):
+            a, b = getattr(ours, attr), getattr(theirs, attr)
+            if isinstance(a, torch.Tensor):
+                assert a is b, attr
+            else:
+                assert a == b, attr
+
+
+ROUTING_CASES = [
+    dict(use_grouped_topk=True, num_expert_group=4, topk_group=2, scoring_func="sigmoid", bias=True, rsf=2.5),
+    dict(use_grouped_topk=True, num_expert_group=4, topk_group=2, scoring_func="softmax", bias=False, rsf=None),
+    dict(use_grouped_topk=False, scoring_func="softmax", bias=False, rsf=None),
+    dict(use_grouped_topk=False, scoring_func="sigmoid", bias=True, rsf=None),
+]
+
+
+@pytest.mark.parametrize("case", ROUTING_CASES, ids=lambda c: f"grouped={c['use_grouped_topk']}-{c['scoring_func']}-bias={c['bias']}")
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_cpu_routing_agrees_with_reference(vllm_engine, case, renormalize):
+    """vLLM's routing code that runs on CPU tensors agrees with the reference backend."""
+    case = dict(case)
+    if case["scoring_func"] == "sigmoid" and not version_in(vllm_engine, ">=0.6.5"):
+        pytest.skip("vLLM < 0.6.5 routes with softmax only (fact: grouped_topk scoring_func)")
+    g = torch.Generator().manual_seed(1)
+    t, e = 9, 16
+    logits = torch.randn(t, e, generator=g)
+    bias = torch.randn(e, generator=g) * 0.1 if case.pop("bias") else None
+    rsf = case.pop("rsf")
+    kw = dict(case, renormalize=renormalize, e_score_correction_bias=bias, routed_scaling_factor=rsf)
+    ref = mc.select_experts(torch.zeros(t, 8), logits, 3, backend="reference", **kw)
+    got = mc.select_experts(torch.zeros(t, 8), logits, 3, backend="vllm", **kw)
+    assert got.topk_ids.dtype == torch.int32 and got.topk_weights.dtype == torch.float32
+    o1, o2 = got.topk_ids.long().sort(1), ref.topk_ids.long().sort(1)
+    assert torch.equal(o1.values, o2.values)
+    torch.testing.assert_close(got.topk_weights.gather(1, o1.indices), ref.topk_weights.gather(1, o2.indices), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("placement", ["linear", "round_robin"])
+@pytest.mark.parametrize(("ep_size", "experts"), [(1, 8), (2, 8), (3, 8), (4, 10)])
+def test_expert_map_equals_engine(vllm_engine, placement, ep_size, experts):
+    if not version_in(vllm_engine, ">=0.8"):
+        with pytest.raises(mc.UnsupportedFeatureError, match=">=0.8"):
+            mc.make_expert_map(ep_size, 0, experts, placement, backend="vllm")
+        return
+    try:
+        from vllm.model_executor.layers.fused_moe.expert_map_manager import determine_expert_map
+    except ImportError:
+        from vllm.model_executor.layers.fused_moe.layer import determine_expert_map
+    has_strategy = "expert_placement_strategy" in inspect.signature(determine_expert_map).parameters
+    for rank in range(ep_size):
+        if placement != "linear" and not has_strategy:
+            with pytest.raises(mc.UnsupportedFeatureError, match="round_robin"):
+                mc.make_expert_map(ep_size, rank, experts, placement, backend="vllm")
+            continue
+        n, m = mc.make_expert_map(ep_size, rank, experts, placement, backend="vllm")
+        out = determine_expert_map(ep_size, rank, experts, **({"expert_placement_strategy": placement} if has_strategy else {}))
+        assert n == out[0]
+        if out[1] is not None:
+            assert torch.equal(m, out[1])
+        if version_in(vllm_engine, ">=0.11"):
+            rn, rm = mc.make_expert_map(ep_size, rank, experts, placement, backend="reference")
+            assert rn == n and torch.equal(rm, m)
+
+
+def test_doctor_reports_vllm(vllm_engine):
+    from moecompat.info import doctor_report
+
+    rep = doctor_report()
+    assert rep["engines"]["vllm"] == str(vllm_engine.version())
+    assert rep["entry_points"]["fused_experts"]["vllm"]["status"] == "ok"
