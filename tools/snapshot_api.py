@@ -59,7 +59,8 @@ def _find(tree: ast.Module, qualname: str) -> list[str] | None:
         for stmt in node.body:
             if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__":
                 return _params(stmt)
-        return []
+        # dataclass / NamedTuple: the annotated fields are the constructor's parameters.
+        return [s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)]
     return []  # re-exported or assigned: present, parameters unknown
 
 

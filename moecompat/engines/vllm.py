@@ -171,9 +171,17 @@ def _modern_quant_config(qc: QuantConfig) -> Any:
     bs = _kernel_block_shape(qc)
     if s in (QuantScheme.FP8_W8A8, QuantScheme.INT8_W8A8):
         factory = vcfg.fp8_w8a8_moe_quant_config if s is QuantScheme.FP8_W8A8 else vcfg.int8_w8a8_moe_quant_config
-        return _call_factory(factory, w1_scale=qc.w1_scale, w2_scale=qc.w2_scale, a1_scale=qc.a1_scale,
-                             a2_scale=qc.a2_scale, per_act_token_quant=qc.per_act_token_quant,
-                             per_out_ch_quant=qc.per_out_ch_quant, block_shape=bs)
+        kw = dict(w1_scale=qc.w1_scale, w2_scale=qc.w2_scale, a1_scale=qc.a1_scale, a2_scale=qc.a2_scale,
+                  per_act_token_quant=qc.per_act_token_quant, per_out_ch_quant=qc.per_out_ch_quant, block_shape=bs)
+        params = inspect.signature(factory).parameters
+        if "per_out_ch_quant" not in params and qc.per_out_ch_quant == qc.per_act_token_quant:
+            # The factory leaves it False: the kernel reads weights per channel exactly when it
+            # quantizes activations per token (checked above).
+            del kw["per_out_ch_quant"]
+        if "block_shape" not in params and bs is not None:
+            # No block option on this factory (int8): vLLM's generic constructor takes it.
+            return vcfg.FusedMoEQuantConfig.make(torch.int8, **kw)
+        return _call_factory(factory, **kw)
     factory = vcfg.int8_w8a16_moe_quant_config if s is QuantScheme.INT8_W8A16 else vcfg.int4_w4a16_moe_quant_config
     return _call_factory(factory, w1_scale=qc.w1_scale, w2_scale=qc.w2_scale, w1_zp=qc.w1_zp, w2_zp=qc.w2_zp, block_shape=bs)
 

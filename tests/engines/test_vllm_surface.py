@@ -140,9 +140,10 @@ def test_quant_config_equals_engine_factories(vllm_engine, scheme, opts):
         if scheme in ("int4_w4a16", "int8_w8a16"):
             kw.update(w1_zp=qc.w1_zp, w2_zp=qc.w2_zp, block_shape=bs)
         else:
-            kw.update(per_act_token_quant=qc.per_act_token_quant, block_shape=bs)
-            if "per_out_ch_quant" in inspect.signature(factory).parameters:
-                kw["per_out_ch_quant"] = qc.per_out_ch_quant
+            kw.update(a1_scale=None, a2_scale=None, per_act_token_quant=qc.per_act_token_quant, block_shape=bs,
+                      per_out_ch_quant=qc.per_out_ch_quant)
+            params = inspect.signature(factory).parameters
+            kw = {k: v for k, v in kw.items() if k in params}
         theirs = factory(**kw)
     else:
         theirs = vcfg.FusedMoEQuantConfig.make(**{f"use_{scheme}": True}, per_act_token_quant=qc.per_act_token_quant,

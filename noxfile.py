@@ -1,0 +1,136 @@
+"""Sessions: unit tests, lint, docs, and the engine matrices.
+
+    nox -s tests                      # unit tests (CPU, no engine)
+    nox -s lint docs
+    nox -t ci                         # what CI runs: tests + a few engine releases
+    nox -t surface                    # the full CPU engine matrix (every vLLM / SGLang release)
+    nox -s "surface_vllm(0.24.0)"    # one release of the matrix
+    nox -s surface_vllm -- 0.9.1      # any other release, on demand
+    nox -s compat_table               # docs/compatibility.md from docs/results/surface/*.json
+    nox -s gpu_vllm -- 0.24.0         # real GPU kernels (needs CUDA); see docs/gpu.md
+
+Environment:
+    MOECOMPAT_WHEELHOUSE=DIR   also look for wheels in DIR (pip --find-links)
+    MOECOMPAT_OFFLINE=1        install from the wheelhouse only (pip --no-index), for air-gapped machines
+    MOECOMPAT_SYSTEM_TORCH=1   GPU sessions: reuse the interpreter's torch (venv with system site-packages)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import tomllib
+
+import nox
+
+ROOT = pathlib.Path(__file__).resolve().parent
+ENVS = tomllib.loads((ROOT / "tests/engines/envs.toml").read_text())
+CPU_TORCH = "2.13.0"
+RESULTS = ROOT / "docs/results"
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint"]
+
+
+def _pip_source_args() -> list[str]:
+    args = []
+    wheelhouse = os.environ.get("MOECOMPAT_WHEELHOUSE")
+    if wheelhouse:
+        args += ["--find-links", wheelhouse]
+    if os.environ.get("MOECOMPAT_OFFLINE") == "1":
+        args.append("--no-index")
+    return args
+
+
+def _install(session: nox.Session, *args: str) -> None:
+    session.install(*_pip_source_args(), *args)
+
+
+def _group(engine: str, version: str) -> dict:
+    """The install group whose version specifier contains ``version``; a release newer than
+    every group falls back to the newest group (so a new release can be tried at once)."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    groups = ENVS[engine]["group"]
+    for g in groups:
+        if SpecifierSet(g["versions"]).contains(Version(version), prereleases=True):
+            return g
+    print(f"{engine} {version}: no install group lists it; using the newest group", file=sys.stderr)
+    return groups[-1]
+
+
+@nox.session(python="3.11", tags=["ci"])
+def tests(session: nox.Session) -> None:
+    """Unit tests on CPU with no engine installed (reference backend, machinery, validation)."""
+    _install(session, f"torch=={CPU_TORCH}")
+    _install(session, "-e", ".[test]")
+    session.run("pytest", "tests/unit", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    _install(session, f"torch=={CPU_TORCH}")
+    _install(session, "-e", ".[lint]")
+    session.run("ruff", "check", "moecompat", "tests", "benchmarks", "tools", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    _install(session, f"torch=={CPU_TORCH}")
+    _install(session, "-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict")
+
+
+def _surface(session: nox.Session, engine: str, version: str) -> None:
+    versions = session.posargs or [version]
+    if session.posargs and version != ENVS[engine]["versions"][0]:
+        session.skip(f"versions given on the command line ({session.posargs}) run in the first parametrization only")
+    for v in versions:
+        group = _group(engine, v)
+        _install(session, f"torch=={group.get('torch', CPU_TORCH)}")
+        for pkg in group.get("no_deps", []):
+            _install(session, "--no-deps", pkg)
+        _install(session, "--no-deps", f"{engine}=={v}")
+        if group.get("requirements"):
+            _install(session, *group["requirements"])
+        _install(session, "--no-deps", "-e", ".")
+        _install(session, "packaging", "importlib-metadata", "pytest", "hypothesis")
+        out = RESULTS / "surface"
+        out.mkdir(parents=True, exist_ok=True)
+        junit = session.create_tmp() + f"/{engine}-{v}.xml"
+        ok = True
+        try:
+            session.run("pytest", "tests/engines", "--engine", engine, "-q", "-p", "no:cacheprovider",
+                        f"--junitxml={junit}", env=group.get("env", {}))
+        except nox.command.CommandFailed:
+            ok = False
+        session.run("python", "tools/record_surface.py", engine, v, junit, str(out / f"{engine}-{v}.json"), env=group.get("env", {}))
+        if not ok:
+            session.error(f"{engine} {v}: surface tests failed")
+
+
+@nox.session(python="3.11", tags=["surface"])
+@nox.parametrize("version", ENVS["vllm"]["versions"], ids=ENVS["vllm"]["versions"])
+def surface_vllm(session: nox.Session, version: str) -> None:
+    """moecompat's vLLM adapters against a real installed vLLM release (CPU)."""
+    _surface(session, "vllm", version)
+
+
+for _v in ENVS["vllm"]["ci"]:
+    # CI subset: the same session body under a ci-tagged name.
+    def _ci(session: nox.Session, _v: str = _v) -> None:
+        _surface(session, "vllm", _v)
+
+    _ci.__doc__ = f"CI subset: surface_vllm for {_v}"
+    nox.session(name=f"ci_vllm-{_v}", python="3.11", tags=["ci"])(_ci)
+
+
+@nox.session(python="3.11")
+def compat_table(session: nox.Session) -> None:
+    """Write docs/compatibility.md from the recorded matrix results."""
+    session.install("packaging")
+    session.run("python", "tools/compat_table.py", str(RESULTS), str(ROOT / "docs/compatibility.md"))
