@@ -17,13 +17,12 @@ Environment:
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import sys
-import tomllib
 
 import nox
+import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent
 ENVS = tomllib.loads((ROOT / "tests/engines/envs.toml").read_text())

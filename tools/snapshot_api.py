@@ -20,7 +20,7 @@ import zipfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from moecompat.engines import ENGINES  # noqa: E402
+from moecompat.engines import ENGINES
 
 
 def _params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:

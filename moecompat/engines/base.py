@@ -37,8 +37,8 @@ class Engine:
         self.tested = SpecifierSet(tested)
         self.facts = tuple(facts)
         self.builders: dict[str, Builder] = {}
-        self._version: Version | None | bool = False  # False: not looked up yet
-        self._load_error: BaseException | None | bool = False
+        self._version: Version | bool | None = False  # False: not looked up yet
+        self._load_error: BaseException | bool | None = False
         self._lock = threading.Lock()
 
     # -- discovery -----------------------------------------------------------------------------
@@ -73,16 +73,16 @@ class Engine:
                     for mod in self.root_modules:
                         try:
                             __import__(mod)
-                        except Exception as exc:  # noqa: BLE001 - any import failure disables the engine
+                        except Exception as exc:
                             err = exc
                             break
                     self._load_error = err
         if self._load_error is not None:
-            exc = self._load_error
-            assert isinstance(exc, BaseException)
+            cause = self._load_error
+            assert isinstance(cause, BaseException)
             raise EngineImportError(
                 self.name, self.version_str(), f"importing {self.root_modules[0]}",
-                detail="the engine is installed but does not import", cause=exc,
+                detail="the engine is installed but does not import", cause=cause,
             )
 
     # -- facts ---------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ class Engine:
             return Resolution(entry_point, self.name, "unsupported", detail=str(err), error=err)
         except MoECompatError:
             raise
-        except Exception as exc:  # noqa: BLE001 - an engine module that breaks while probed
+        except Exception as exc:
             err = EngineImportError(self.name, self.version_str(), entry_point, detail="probing failed", cause=exc)
             return Resolution(entry_point, self.name, "error", detail=str(err), error=err)
 

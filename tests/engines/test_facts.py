@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import inspect
 
-import pytest
-
 from moecompat.adapters import VersionFact
 from moecompat.engines import ENGINES
 

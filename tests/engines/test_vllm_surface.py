@@ -97,7 +97,7 @@ def test_config_dtype_str_equals_engine(vllm_engine, dtype):
     params = inspect.signature(own).parameters
     flags = [p for p in ("use_fp8_w8a8", "use_int8_w8a16", "use_int4_w4a16") if p in params]
     for values in itertools.product([False, True], repeat=len(flags)):
-        kw = dict(zip(flags, values))
+        kw = dict(zip(flags, values, strict=True))
         assert mc.get_config_dtype_str(dtype, backend="vllm", **kw) == own(dtype, **kw), kw
     if "ocp_mx_scheme" in params:
         assert mc.get_config_dtype_str(dtype, ocp_mx_scheme="w_mxfp4_a_mxfp4", backend="vllm") == own(
@@ -105,7 +105,7 @@ def test_config_dtype_str_equals_engine(vllm_engine, dtype):
     if version_in(vllm_engine, ">=0.11"):
         # moecompat's own rules (used with no engine) are current vLLM's.
         for values in itertools.product([False, True], repeat=len(flags)):
-            kw = dict(zip(flags, values))
+            kw = dict(zip(flags, values, strict=True))
             assert mc.get_config_dtype_str(dtype, backend="reference", **kw) == own(dtype, **kw), kw
 
 
@@ -191,7 +191,7 @@ def test_cpu_routing_agrees_with_reference(vllm_engine, case, renormalize):
 @pytest.mark.parametrize(("ep_size", "experts"), [(1, 8), (2, 8), (3, 8), (4, 10)])
 def test_expert_map_equals_engine(vllm_engine, placement, ep_size, experts):
     if not version_in(vllm_engine, ">=0.8"):
-        with pytest.raises(mc.UnsupportedFeatureError, match=">=0.8"):
+        with pytest.raises(mc.UnsupportedFeatureError, match=r">=0\.8"):
             mc.make_expert_map(ep_size, 0, experts, placement, backend="vllm")
         return
     try:
