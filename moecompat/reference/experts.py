@@ -123,7 +123,10 @@ def fused_experts(
     valid = flat_ids >= 0
     flat_ids = torch.where(valid, flat_ids, num_local)
     order = torch.argsort(flat_ids, stable=True)
-    counts = torch.bincount(flat_ids, minlength=num_local + 1)[:num_local]
+    # bincount would read the maximum back to the host; a scatter-add keeps the GPU asynchronous.
+    counts = torch.zeros(num_local + 1, dtype=torch.int64, device=flat_ids.device)
+    counts.index_add_(0, flat_ids, torch.ones_like(flat_ids))
+    counts = counts[:num_local]
     slot_weights = topk_weights.reshape(-1).float()
 
     x = hidden_states[order // k]
