@@ -12,7 +12,7 @@
 Environment:
     MOECOMPAT_WHEELHOUSE=DIR   also look for wheels in DIR (pip --find-links)
     MOECOMPAT_OFFLINE=1        install from the wheelhouse only (pip --no-index), for air-gapped machines
-    MOECOMPAT_SYSTEM_TORCH=1   GPU sessions: reuse the interpreter's torch (venv with system site-packages)
+    MOECOMPAT_SYSTEM_TORCH=1   GPU sessions: no virtualenv; install into and test with the running interpreter (its GPU torch)
 """
 
 from __future__ import annotations
@@ -44,7 +44,11 @@ def _pip_source_args() -> list[str]:
 
 
 def _install(session: nox.Session, *args: str) -> None:
-    session.install(*_pip_source_args(), *args)
+    if session.venv_backend == "none":
+        # Offline GPU mode: no virtualenv, the interpreter that holds the GPU torch.
+        session.run("python", "-m", "pip", "install", "--no-build-isolation", *_pip_source_args(), *args)
+    else:
+        session.install(*_pip_source_args(), *args)
 
 
 def _group(engine: str, version: str) -> dict:
@@ -126,6 +130,43 @@ for _v in ENVS["vllm"]["ci"]:
 
     _ci.__doc__ = f"CI subset: surface_vllm for {_v}"
     nox.session(name=f"ci_vllm-{_v}", python="3.11", tags=["ci"])(_ci)
+
+
+GPU_VERSIONS = {"vllm": ENVS["vllm"].get("gpu", []), "sglang": ENVS.get("sglang", {}).get("gpu", [])}
+
+
+def _gpu(session: nox.Session, engine: str) -> None:
+    """Install ``engine`` (each version given, or the table's GPU list) and run tests/gpu."""
+    session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else "
+                "'no CUDA device: GPU sessions never run (or pass) without one')")
+    versions = session.posargs or GPU_VERSIONS[engine]
+    out = RESULTS / "gpu"
+    out.mkdir(parents=True, exist_ok=True)
+    for v in versions:
+        if os.environ.get("MOECOMPAT_SYSTEM_TORCH") != "1":
+            group = _group(engine, v)
+            _install(session, f"torch=={group.get('gpu_torch', group.get('torch', CPU_TORCH))}")
+        _install(session, "--no-deps", f"{engine}=={v}")
+        for pkg in ENVS[engine].get("gpu_requirements", []):
+            _install(session, "--no-deps", pkg)
+        _install(session, "--no-deps", "-e", ".")
+        session.run("pytest", "tests/gpu", "--engine", engine, "-q", "-p", "no:cacheprovider",
+                    f"--gpu-results={out / f'{engine}-{v}.json'}")
+
+
+_GPU_VENV = {"venv_backend": "none"} if os.environ.get("MOECOMPAT_SYSTEM_TORCH") == "1" else {"python": "3.12"}
+
+
+@nox.session(**_GPU_VENV)
+def gpu_vllm(session: nox.Session) -> None:
+    """Real vLLM fused-MoE kernels vs the reference on a CUDA GPU (one run per version given)."""
+    _gpu(session, "vllm")
+
+
+@nox.session(**_GPU_VENV)
+def gpu_sglang(session: nox.Session) -> None:
+    """Real SGLang fused-MoE kernels vs the reference on a CUDA GPU."""
+    _gpu(session, "sglang")
 
 
 @nox.session(python="3.11")

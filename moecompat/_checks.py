@@ -183,6 +183,49 @@ def check_fused_experts(
     """Validate ``fused_experts`` arguments; returns contiguous token tensors and the global
     expert count.
 
+    The common case (valid, dense tensors, weights seen before) is one combined test of about a
+    dozen attribute reads; anything unusual goes to :func:`_check_fused_experts_full`, which
+    raises the precise error or returns the normalised tensors.
+    """
+    try:
+        t_tokens, hidden = hidden_states.shape
+        ids_shape = topk_ids.shape
+        dev = hidden_states.get_device()
+        act_dtype = hidden_states.dtype
+    except (AttributeError, ValueError, TypeError):
+        return _check_fused_experts_full(hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace)
+    hit = _weight_cache.get(id(w1))
+    if (
+        hit is not None and hit[1] is qc and hit[2] is expert_map and hit[3] == global_num_experts
+        and hit[4] is act_dtype and hit[0][0]() is w1 and hit[0][1]() is w2
+        and hit[5].hidden == hidden and hit[5].device_index == dev
+        and len(ids_shape) == 2 and ids_shape[0] == t_tokens and topk_weights.shape == ids_shape
+        and topk_ids.dtype in _ID_DTYPES and topk_weights.dtype is torch.float32
+        and topk_ids.get_device() == dev and topk_weights.get_device() == dev
+        and 1 <= ids_shape[1] <= hit[5].global_num_experts
+        and hidden_states.is_contiguous() and topk_ids.is_contiguous() and topk_weights.is_contiguous()
+    ):
+        gne: int = hit[5].global_num_experts
+        if not topk_ids.is_cuda or _debug:
+            check_ids_range("topk_ids", topk_ids, 0, gne)
+        return hidden_states, topk_weights, topk_ids, gne
+    return _check_fused_experts_full(hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace)
+
+
+def _check_fused_experts_full(
+    hidden_states: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    qc: QuantConfig,
+    expert_map: torch.Tensor | None,
+    global_num_experts: int,
+    inplace: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Validate ``fused_experts`` arguments; returns contiguous token tensors and the global
+    expert count.
+
     Non-contiguous ``hidden_states``/``topk_*`` are copied (kernels need them dense); weights
     whose last dimension is strided are rejected, since copying them on every call would be a
     hidden cost. The weights' checks run once per weight set (see :data:`_weight_cache`); the

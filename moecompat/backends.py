@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import reference
+from .reference import config as _ref_config
 from .adapters import REGISTRY, Resolution
 from .engines import ENGINES
 from .errors import InvalidInputError, MoECompatWarning
@@ -45,6 +46,10 @@ ENTRY_POINTS = (
     "get_config_dtype_str",
     "make_quant_config",
     "make_expert_map",
+    "get_config_file_name",
+    "get_moe_configs",
+    "tuned_config_location",
+    "override_config",
 )
 _KNOWN_BACKENDS = ("auto", "reference", *ENGINES)
 
@@ -60,6 +65,10 @@ _REFERENCE_IMPLS: dict[str, Callable[..., Any]] = {
     "get_config_dtype_str": reference.get_config_dtype_str,
     "make_quant_config": _reference_quant_config,
     "make_expert_map": reference.make_expert_map,
+    "get_config_file_name": _ref_config.get_config_file_name,
+    "get_moe_configs": _ref_config.get_moe_configs,
+    "tuned_config_location": _ref_config.tuned_config_location,
+    "override_config": _ref_config.override_config,
 }
 
 

@@ -291,3 +291,87 @@ def _build_expert_map(engine: Engine) -> Resolution:
         detail="SGLang builds expert maps inside its EP layers, with no public function; "
         "moecompat's reference placement (backend='reference') is what its linear EP uses",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Tuned Triton configs (used by `moecompat tune`)
+
+_CFG_LOCATIONS = (Location(NEW_CFG, "get_config_file_name", ">=0.5.11"), Location(OLD_CFG, "get_config_file_name", ">=0.5.2,<0.5.11"),
+                  Location(OLD_FM, "get_config_file_name", "<0.5.2"))
+
+
+@ENGINE.adapter("get_config_file_name")
+def _build_config_file_name(engine: Engine) -> Resolution:
+    _, fn = engine.find(_CFG_LOCATIONS)
+    params = inspect.signature(fn).parameters
+
+    def impl(E, N, dtype_str, block_shape, per_channel_quant=False, down_moe=False):
+        kw: dict[str, Any] = {}
+        if per_channel_quant:
+            if "per_channel_quant" not in params:
+                raise engine.unsupported("per-channel config names", ">=0.5.3")
+            kw["per_channel_quant"] = True
+        if down_moe:
+            if "down_moe" not in params:
+                raise engine.unsupported("down_moe config names", ">=0.5.4")
+            kw["down_moe"] = True
+        return fn(E, N, dtype_str, list(block_shape) if block_shape else None, **kw)
+
+    return engine.ok("get_config_file_name", impl, fn, "per_channel+down" if "down_moe" in params else "basic")
+
+
+@ENGINE.adapter("tuned_config_location")
+def _build_config_location(engine: Engine) -> Resolution:
+    import os
+
+    loc, fn = engine.find(_CFG_LOCATIONS)
+    import importlib
+
+    module_dir = os.path.dirname(os.path.realpath(importlib.import_module(loc.module).__file__ or ""))
+
+    def impl(folder: str | None) -> tuple[str, dict[str, str]]:
+        # SGLang looks in <dir>/configs/triton_<x_y_z>/ (dir: SGLANG_MOE_CONFIG_DIR or its package).
+        import triton
+
+        version_dir = f"triton_{triton.__version__.replace('.', '_')}"
+        root = folder or module_dir
+        env = {"SGLANG_MOE_CONFIG_DIR": folder} if folder else {}
+        return os.path.join(root, "configs", version_dir), env
+
+    return engine.ok("tuned_config_location", impl, fn, "configs/triton_<version>")
+
+
+@ENGINE.adapter("get_moe_configs")
+def _build_get_moe_configs(engine: Engine) -> Resolution:
+    _, fn = engine.find([Location(NEW_CFG, "get_moe_configs", ">=0.5.11"), Location(OLD_CFG, "get_moe_configs", ">=0.5.2,<0.5.11"),
+                         Location(OLD_FM, "get_moe_configs", "<0.5.2")])
+    params = inspect.signature(fn).parameters
+
+    def impl(E, N, dtype_str, block_shape, per_channel_quant=False):
+        getattr(fn, "cache_clear", lambda: None)()
+        kw = {"per_channel_quant": per_channel_quant} if "per_channel_quant" in params else {}
+        bn, bk = (block_shape or [0, 0])
+        return fn(E, N, dtype_str, bn, bk, **kw)
+
+    return engine.ok("get_moe_configs", impl, fn, "flags")
+
+
+@ENGINE.adapter("override_config")
+def _build_override(engine: Engine) -> Resolution:
+    loc, fn = engine.find([Location(f"{MOE}.fused_moe_triton", "override_config"),
+                           Location(f"{MOE}.moe_runner.triton_utils", "override_config")])
+    import contextlib
+    import importlib
+
+    state_mod = importlib.import_module(fn.__module__)
+
+    @contextlib.contextmanager
+    def impl(config: dict[str, int]):
+        previous = getattr(state_mod, "_config", None)
+        try:
+            with fn(config):
+                yield
+        finally:
+            state_mod._config = previous
+
+    return engine.ok("override_config", impl, fn, "module _config")

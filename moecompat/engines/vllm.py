@@ -459,3 +459,72 @@ def _build_expert_map(engine: Engine) -> Resolution:
         return int(local), emap
 
     return engine.ok("make_expert_map", impl, fn, "placement" if has_strategy else "linear-only")
+
+
+# --------------------------------------------------------------------------------------------
+# Tuned Triton configs (used by `moecompat tune`)
+
+
+@ENGINE.adapter("get_config_file_name")
+def _build_config_file_name(engine: Engine) -> Resolution:
+    _, fn = engine.find([Location(FMM, "get_config_file_name", ">=0.6")])
+    has_block = "block_shape" in inspect.signature(fn).parameters
+
+    def impl(E, N, dtype_str, block_shape, per_channel_quant=False, down_moe=False):
+        if down_moe:
+            raise engine.unsupported("separate down-projection configs (down_moe)", detail="an SGLang feature")
+        if block_shape and not has_block:
+            raise engine.unsupported("block-quantized config names", _range("get_config_file_name: block_shape"))
+        return fn(E, N, dtype_str, list(block_shape)) if has_block else fn(E, N, dtype_str)
+
+    return engine.ok("get_config_file_name", impl, fn, "block_shape" if has_block else "basic")
+
+
+@ENGINE.adapter("tuned_config_location")
+def _build_config_location(engine: Engine) -> Resolution:
+    import os
+
+    _, fmm = engine.find([Location(FMM, "get_moe_configs", ">=0.6")])
+
+    def impl(folder: str | None) -> tuple[str, dict[str, str]]:
+        """(folder the file must be written to, environment variables the engine must see)."""
+        if folder is None:
+            return os.path.join(os.path.dirname(os.path.realpath(fmm.__code__.co_filename)), "configs"), {}
+        return folder, {"VLLM_TUNED_CONFIG_FOLDER": folder}
+
+    return engine.ok("tuned_config_location", impl, fmm, "VLLM_TUNED_CONFIG_FOLDER")
+
+
+@ENGINE.adapter("get_moe_configs")
+def _build_get_moe_configs(engine: Engine) -> Resolution:
+    _, fn = engine.find([Location(FMM, "get_moe_configs", ">=0.6")])
+    has_block = "block_n" in inspect.signature(fn).parameters
+
+    def impl(E, N, dtype_str, block_shape, per_channel_quant=False):
+        getattr(fn, "cache_clear", lambda: None)()  # lru_cached in vLLM; a new file must be seen
+        if block_shape and has_block:
+            return fn(E, N, dtype_str, block_shape[0], block_shape[1])
+        return fn(E, N, dtype_str)
+
+    return engine.ok("get_moe_configs", impl, fn, "block" if has_block else "basic")
+
+
+@ENGINE.adapter("override_config")
+def _build_override(engine: Engine) -> Resolution:
+    loc, fn = engine.find([Location(FMM, "override_config", ">=0.6"), Location(FM, "override_config", ">=0.6")])
+    import contextlib
+
+    import vllm.model_executor.layers.fused_moe.fused_moe as fmm
+
+    @contextlib.contextmanager
+    def impl(config: dict[str, int]):
+        # vLLM's override_config has no try/finally: a kernel that fails inside it (e.g. Triton
+        # OutOfResources) would leave the override in force. Restore the module state ourselves.
+        previous = getattr(fmm, "_config", None)
+        try:
+            with fn(config):
+                yield
+        finally:
+            fmm._config = previous
+
+    return engine.ok("override_config", impl, fn, "module _config")

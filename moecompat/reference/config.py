@@ -50,3 +50,41 @@ def make_expert_map(
         ids = torch.arange(ep_rank, global_num_experts, ep_size)
         expert_map[ids] = torch.arange(ids.numel(), dtype=torch.int32)
     return local, expert_map
+
+
+def device_name() -> str:
+    """The device part of a tuned-config file name (vLLM/SGLang: CUDA name, spaces -> '_')."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0).replace(" ", "_")
+        return "NVIDIA_H200" if "H200" in name.split("_") else name
+    return "cpu"
+
+
+def get_config_file_name(
+    E: int, N: int, dtype_str: str | None, block_shape: list[int] | None,
+    per_channel_quant: bool = False, down_moe: bool = False,
+) -> str:
+    """vLLM's tuned-config file name rule (SGLang adds ``,per_channel_quant=True`` / ``_down``)."""
+    dtype_selector = f",dtype={dtype_str}" if dtype_str else ""
+    block_selector = f",block_shape={list(block_shape)}".replace(" ", "") if block_shape and all(block_shape) else ""
+    pc = ",per_channel_quant=True" if per_channel_quant else ""
+    down = "_down" if down_moe else ""
+    return f"E={E},N={N},device_name={device_name()}{dtype_selector}{block_selector}{pc}{down}.json"
+
+
+def get_moe_configs(E: int, N: int, dtype_str: str | None, block_shape: list[int] | None,
+                    per_channel_quant: bool = False) -> None:
+    """The reference backend runs no Triton kernel, so it has no tuned configs."""
+    return None
+
+
+def tuned_config_location(folder: str | None) -> tuple[str, dict[str, str]]:
+    import os
+
+    return folder or os.getcwd(), {}
+
+
+def override_config(config: dict[str, int]):  # type: ignore[no-untyped-def]
+    import contextlib
+
+    return contextlib.nullcontext()
