@@ -23,10 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import reference
-from .reference import config as _ref_config
 from .adapters import REGISTRY, Resolution
 from .engines import ENGINES
 from .errors import InvalidInputError, MoECompatWarning
+from .reference import config as _ref_config
 
 __all__ = [
     "AUTO_ORDER",

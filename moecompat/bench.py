@@ -159,7 +159,7 @@ def time_fn(fn: Callable[[], Any], device: str, repeats: int = 10, calls_per_rep
                     fn()
             graph.replay()
             runner = graph.replay
-        except Exception:  # noqa: BLE001 - not capturable (host sync inside): time eagerly
+        except Exception:
             torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     samples = []

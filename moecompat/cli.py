@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _shape(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _shape(args: argparse.Namespace):
     from .bench import PRESETS, MoEShape, shape_from_config
     from .errors import InvalidInputError
 
@@ -138,7 +138,7 @@ def _engine(args: argparse.Namespace, device: str) -> str:
     return str(args.engine)
 
 
-def _bench_task(payload: dict) -> list[dict]:  # type: ignore[type-arg]
+def _bench_task(payload: dict) -> list[dict]:
     from .bench import MoEShape, run_bench
 
     shape = MoEShape(**payload["shape"])
@@ -146,7 +146,7 @@ def _bench_task(payload: dict) -> list[dict]:  # type: ignore[type-arg]
                                            payload["device"], payload["seed"], payload.get("progress", False))]
 
 
-def _meta(args: argparse.Namespace, backend: str, device: str, shape) -> dict:  # type: ignore[no-untyped-def,type-arg]
+def _meta(args: argparse.Namespace, backend: str, device: str, shape) -> dict:
     import dataclasses
 
     from .info import engine_info
@@ -189,7 +189,7 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tune_task(payload: dict) -> list[dict]:  # type: ignore[type-arg]
+def _tune_task(payload: dict) -> list[dict]:
     from .bench import MoEShape, bench_one, make_problem
     from .tune import default_config, exhaustive_search, search_space, smart_search, timed
 
@@ -200,10 +200,10 @@ def _tune_task(payload: dict) -> list[dict]:  # type: ignore[type-arg]
     space = search_space(dtype, block)
     n, k = shape.intermediate_size, shape.hidden_size
 
-    def evaluate(cfg: dict, batch: int) -> float:  # type: ignore[type-arg]
+    def evaluate(cfg: dict, batch: int) -> float:
         return bench_one(shape, dtype, batch, backend, device, payload["seed"], problem, config=cfg, repeats=5).latency_ms
 
-    def starts(batch: int) -> list[dict]:  # type: ignore[type-arg]
+    def starts(batch: int) -> list[dict]:
         d = default_config(backend, batch, shape.num_experts, 2 * n, k, shape.top_k, dtype, block)
         return [d] if d else []
 

@@ -89,10 +89,10 @@ def plot_files(paths: Sequence[str], out_dir: str) -> list[pathlib.Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
-    for p, d in tracker:
+    for src, d in tracker:
         from .tracker import ExpertActivationTracker
 
-        path = out / f"{p.stem}_heatmap.png"
-        ExpertActivationTracker.from_json(json.dumps(d)).plot_heatmap(path)
-        written.append(path)
+        heat = out / f"{src.stem}_heatmap.png"
+        ExpertActivationTracker.from_json(json.dumps(d)).plot_heatmap(heat)
+        written.append(heat)
     return written

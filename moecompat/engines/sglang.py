@@ -372,6 +372,6 @@ def _build_override(engine: Engine) -> Resolution:
             with fn(config):
                 yield
         finally:
-            state_mod._config = previous
+            state_mod._config = previous  # type: ignore[attr-defined]
 
     return engine.ok("override_config", impl, fn, "module _config")
