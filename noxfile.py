@@ -12,6 +12,7 @@
 Environment:
     MOECOMPAT_WHEELHOUSE=DIR   also look for wheels in DIR (pip --find-links)
     MOECOMPAT_OFFLINE=1        install from the wheelhouse only (pip --no-index), for air-gapped machines
+    MOECOMPAT_PREINSTALLED=1   GPU sessions: the engine is already importable; check its version, install nothing
     MOECOMPAT_SYSTEM_TORCH=1   GPU sessions: no virtualenv; install into and test with the running interpreter (its GPU torch)
 """
 
@@ -146,9 +147,15 @@ def _gpu(session: nox.Session, engine: str) -> None:
         if os.environ.get("MOECOMPAT_SYSTEM_TORCH") != "1":
             group = _group(engine, v)
             _install(session, f"torch=={group.get('gpu_torch', group.get('torch', CPU_TORCH))}")
-        _install(session, "--no-deps", f"{engine}=={v}")
-        for pkg in ENVS[engine].get("gpu_requirements", []):
-            _install(session, "--no-deps", pkg)
+        if os.environ.get("MOECOMPAT_PREINSTALLED") == "1":
+            # The engine is already importable (e.g. an unpacked offline bundle on PYTHONPATH):
+            # check it is the requested release instead of installing.
+            session.run("python", "-c", f"import importlib.metadata as m, sys; v = m.version({engine!r}); "
+                        f"sys.exit(0 if v == {v!r} else f'{engine} {{v}} is importable, not {v}')")
+        else:
+            _install(session, "--no-deps", f"{engine}=={v}")
+            for pkg in ENVS[engine].get("gpu_requirements", []):
+                _install(session, "--no-deps", pkg)
         _install(session, "--no-deps", "-e", ".")
         session.run("pytest", "tests/gpu", "--engine", engine, "-q", "-p", "no:cacheprovider",
                     f"--gpu-results={out / f'{engine}-{v}.json'}")

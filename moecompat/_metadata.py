@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import importlib_metadata
+try:
+    import importlib_metadata
+except ImportError:  # the backport is a declared dependency; the stdlib module is equivalent here
+    import importlib.metadata as importlib_metadata  # type: ignore[no-redef]
 
 
 def distribution_version(name: str) -> str | None:

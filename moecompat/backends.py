@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from . import mxfp4 as _mx
 from . import reference
 from .adapters import REGISTRY, Resolution
 from .engines import ENGINES
@@ -50,6 +51,9 @@ ENTRY_POINTS = (
     "get_moe_configs",
     "tuned_config_location",
     "override_config",
+    "select_mxfp4_backend",
+    "mxfp4_round_up",
+    "mxfp4_convert",
 )
 _KNOWN_BACKENDS = ("auto", "reference", *ENGINES)
 
@@ -69,17 +73,18 @@ _REFERENCE_IMPLS: dict[str, Callable[..., Any]] = {
     "get_moe_configs": _ref_config.get_moe_configs,
     "tuned_config_location": _ref_config.tuned_config_location,
     "override_config": _ref_config.override_config,
+    "select_mxfp4_backend": _mx._reference_select,
+    "mxfp4_round_up": lambda b, h, i: _mx.reference_round_up(b, h, i),
+    "mxfp4_convert": _mx._reference_convert,
 }
 
 
 def _reference_resolver(entry_point: str) -> Callable[[], Resolution]:
     fn = _REFERENCE_IMPLS[entry_point]
+    name = "moecompat.mxfp4:reference_round_up" if fn.__name__ == "<lambda>" else f"{fn.__module__}:{fn.__qualname__}"
 
     def resolve() -> Resolution:
-        return Resolution(
-            entry_point, "reference", "ok", impl=fn,
-            resolved=f"{fn.__module__}:{fn.__qualname__}", variant="reference",
-        )
+        return Resolution(entry_point, "reference", "ok", impl=fn, resolved=name, variant="reference")
 
     return resolve
 

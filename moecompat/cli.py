@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tune", help="search Triton configs and write the engine's own tuned-config file")
     _add_shape_args(t)
     t.add_argument("--strategy", default="smart", choices=["smart", "exhaustive", "both"])
+    t.add_argument("--grid", default="full", choices=["full", "small"], help="config grid to search (small: 432 configs)")
     t.add_argument("--config-dir", default=None,
                    help="folder for the config file (default: the engine's own package folder)")
     t.add_argument("--out", default="moecompat-tune", help="tuning report path without suffix")
@@ -191,13 +192,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _tune_task(payload: dict) -> list[dict]:
     from .bench import MoEShape, bench_one, make_problem
-    from .tune import default_config, exhaustive_search, search_space, smart_search, timed
+    from .tune import GRIDS, default_config, exhaustive_search, search_space, smart_search, timed
 
     shape = MoEShape(**payload["shape"])
     backend, device, dtype = payload["backend"], payload["device"], payload["dtype"]
     block = [128, 128] if dtype == "fp8_w8a8_block" else None
     problem = make_problem(shape, dtype, device, payload["seed"])
-    space = search_space(dtype, block)
+    space = search_space(dtype, block, grid=GRIDS[payload.get("grid", "full")])
     n, k = shape.intermediate_size, shape.hidden_size
 
     def evaluate(cfg: dict, batch: int) -> float:
@@ -234,7 +235,7 @@ def _tune(args: argparse.Namespace) -> int:
     backend = _engine(args, device)
     check_tunable(backend)
     payload = {"shape": dataclasses.asdict(shape), "dtype": args.dtype, "backend": backend, "device": device,
-               "seed": args.seed, "strategy": args.strategy}
+               "seed": args.seed, "strategy": args.strategy, "grid": args.grid}
     rows = workers.run(_tune_task, payload, args.batch_size, _workers(args, device), args.ray)
     final = "smart" if args.strategy in ("smart", "both") else "exhaustive"
     best = {r["batch_size"]: (r["best"] if r["best_ms"] <= r["default_ms"] else None, r) for r in rows if r["strategy"] == final}

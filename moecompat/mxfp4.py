@@ -135,3 +135,201 @@ def dequantize_mxfp4(
     blocks = values.reshape(*values.shape[:-1], k // MX_BLOCK_SIZE, MX_BLOCK_SIZE)
     out = blocks * e8m0_to_float(scales).unsqueeze(-1)
     return out.reshape(values.shape).to(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# MXFP4 MoE backends: one stable vocabulary over every engine version's enum, and the oracle.
+
+import enum as _enum  # noqa: E402
+import os as _os  # noqa: E402
+from typing import Any as _Any  # noqa: E402
+
+
+class Mxfp4Backend(str, _enum.Enum):
+    """MXFP4 MoE kernel families, the union over engine versions (vLLM ``Mxfp4Backend`` before
+    PR #37128, ``Mxfp4MoeBackend`` after it)."""
+
+    NONE = "none"
+    FLASHINFER_TRTLLM_MXFP8 = "flashinfer_trtllm_mxfp8"  # FlashInfer TRT-LLM, mxfp8 activations
+    FLASHINFER_TRTLLM_BF16 = "flashinfer_trtllm_bf16"  # FlashInfer TRT-LLM, bf16 activations
+    FLASHINFER_CUTLASS_MXFP8 = "flashinfer_cutlass_mxfp8"
+    FLASHINFER_CUTLASS_BF16 = "flashinfer_cutlass_bf16"
+    TRITON = "triton"  # OpenAI triton_kernels
+    TRITON_UNFUSED = "triton_unfused"
+    MARLIN = "marlin"
+    BATCHED_MARLIN = "batched_marlin"
+    ROCM_AITER = "rocm_aiter"  # CK / AITER, bf16 activations
+    ROCM_AITER_FP8 = "rocm_aiter_fp8"
+    ROCM_AITER_MXFP4 = "rocm_aiter_mxfp4"
+    ROCM_AITER_TRITON_BF16 = "rocm_aiter_triton_bf16"
+    ROCM_AITER_TRITON_MXFP4 = "rocm_aiter_triton_mxfp4"
+    DEEPGEMM = "deepgemm"
+    CUTLASS_MXFP4 = "cutlass_mxfp4"
+    B12X_MXFP8 = "b12x_mxfp8"
+    B12X_BF16 = "b12x_bf16"
+    FLASHINFER_EP_CUTEDSL = "flashinfer_ep_cutedsl"
+    FLASHINFER_EP_DEEPGEMM = "flashinfer_ep_deepgemm"
+    XPU = "xpu"
+    CPU = "cpu"
+    EMULATION = "emulation"
+    HUMMING = "humming"
+
+
+#: Every vLLM enum member name (any version) -> the stable member.
+VLLM_NAMES: dict[str, Mxfp4Backend] = {
+    "NONE": Mxfp4Backend.NONE,
+    "SM100_FI_MXFP4_MXFP8_TRTLLM": Mxfp4Backend.FLASHINFER_TRTLLM_MXFP8,
+    "FLASHINFER_TRTLLM_MXFP4_MXFP8": Mxfp4Backend.FLASHINFER_TRTLLM_MXFP8,
+    "SM100_FI_MXFP4_BF16": Mxfp4Backend.FLASHINFER_TRTLLM_BF16,
+    "FLASHINFER_TRTLLM_MXFP4_BF16": Mxfp4Backend.FLASHINFER_TRTLLM_BF16,
+    "SM100_FI_MXFP4_MXFP8_CUTLASS": Mxfp4Backend.FLASHINFER_CUTLASS_MXFP8,
+    "FLASHINFER_CUTLASS_MXFP4_MXFP8": Mxfp4Backend.FLASHINFER_CUTLASS_MXFP8,
+    "SM90_FI_MXFP4_BF16": Mxfp4Backend.FLASHINFER_CUTLASS_BF16,
+    "FLASHINFER_CUTLASS_MXFP4_BF16": Mxfp4Backend.FLASHINFER_CUTLASS_BF16,
+    "TRITON": Mxfp4Backend.TRITON,
+    "TRITON_UNFUSED": Mxfp4Backend.TRITON_UNFUSED,
+    "MARLIN": Mxfp4Backend.MARLIN,
+    "BATCHED_MARLIN": Mxfp4Backend.BATCHED_MARLIN,
+    "CK": Mxfp4Backend.ROCM_AITER,
+    "AITER": Mxfp4Backend.ROCM_AITER,
+    "AITER_MXFP4_BF16": Mxfp4Backend.ROCM_AITER,
+    "AITER_MXFP4_FP8": Mxfp4Backend.ROCM_AITER_FP8,
+    "AITER_MXFP4_MXFP4": Mxfp4Backend.ROCM_AITER_MXFP4,
+    "AITER_TRITON_MXFP4_BF16": Mxfp4Backend.ROCM_AITER_TRITON_BF16,
+    "AITER_TRITON_MXFP4_MXFP4": Mxfp4Backend.ROCM_AITER_TRITON_MXFP4,
+    "DEEPGEMM_MXFP4": Mxfp4Backend.DEEPGEMM,
+    "CUTLASS_MXFP4_MXFP4": Mxfp4Backend.CUTLASS_MXFP4,
+    "B12X_MXFP4_MXFP8": Mxfp4Backend.B12X_MXFP8,
+    "B12X_MXFP4_BF16": Mxfp4Backend.B12X_BF16,
+    "FLASHINFER_MOE_EP_CUTEDSL": Mxfp4Backend.FLASHINFER_EP_CUTEDSL,
+    "FLASHINFER_MOE_EP_DEEP_GEMM": Mxfp4Backend.FLASHINFER_EP_DEEPGEMM,
+    "XPU": Mxfp4Backend.XPU,
+    "CPU": Mxfp4Backend.CPU,
+    "EMULATION": Mxfp4Backend.EMULATION,
+    "HUMMING": Mxfp4Backend.HUMMING,
+}
+
+
+def from_engine(member: _Any) -> Mxfp4Backend:
+    """The stable member for an engine enum member (any vLLM version)."""
+    name = getattr(member, "name", str(member))
+    try:
+        return VLLM_NAMES[name]
+    except KeyError:
+        raise InvalidInputError("member", f"a known MXFP4 backend ({', '.join(VLLM_NAMES)})", name) from None
+
+
+def to_engine(backend: Mxfp4Backend | str, engine_enum: type[_enum.Enum]) -> _enum.Enum:
+    """The member of ``engine_enum`` (the installed version's own enum) for ``backend``."""
+    b = Mxfp4Backend(backend)
+    for name, stable in VLLM_NAMES.items():
+        if stable is b and name in engine_enum.__members__:
+            return engine_enum[name]
+    from .errors import UnsupportedFeatureError
+
+    raise UnsupportedFeatureError("vllm", None, f"MXFP4 backend {b.value!r}",
+                                  detail=f"{engine_enum.__name__} has only {', '.join(engine_enum.__members__)}")
+
+
+def _env_flag(name: str, env: dict[str, str]) -> bool:
+    return env.get(name, "0").lower() in ("1", "true")
+
+
+def decide_mxfp4_backend(capability: tuple[int, int] | None, *, has_flashinfer: bool, has_triton_kernels: bool,
+                         rocm: bool = False, rocm_aiter_gfx950: bool = False,
+                         env: dict[str, str] | None = None) -> Mxfp4Backend:
+    """moecompat's documented decision table (vLLM's pre-oracle logic), used with no engine.
+
+    CUDA SM90 + FlashInfer + ``VLLM_USE_FLASHINFER_MOE_MXFP4_BF16=1`` -> FlashInfer CUTLASS bf16;
+    SM100 + FlashInfer -> TRT-LLM mxfp8 (``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1``), CUTLASS mxfp8
+    (``..._MXFP8_CUTLASS=1``) or TRT-LLM bf16; otherwise SM90-SM10x with triton_kernels -> Triton,
+    else Marlin (also when ``VLLM_MXFP4_USE_MARLIN=1``); ROCm: AITER on gfx950, else Triton when
+    triton_kernels is there; no GPU -> none.
+    """
+    e = dict(_os.environ if env is None else env)
+    if rocm:
+        if rocm_aiter_gfx950:
+            return Mxfp4Backend.ROCM_AITER
+        return Mxfp4Backend.TRITON if has_triton_kernels else Mxfp4Backend.NONE
+    if capability is None:
+        return Mxfp4Backend.NONE
+    major = capability[0]
+    if capability == (9, 0) and has_flashinfer and _env_flag("VLLM_USE_FLASHINFER_MOE_MXFP4_BF16", e):
+        return Mxfp4Backend.FLASHINFER_CUTLASS_BF16
+    if major == 10 and has_flashinfer:
+        if _env_flag("VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8_CUTLASS", e):
+            return Mxfp4Backend.FLASHINFER_CUTLASS_MXFP8
+        if _env_flag("VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8", e):
+            return Mxfp4Backend.FLASHINFER_TRTLLM_MXFP8
+        return Mxfp4Backend.FLASHINFER_TRTLLM_BF16
+    triton_ok = has_triton_kernels and (9, 0) <= tuple(capability) < (11, 0)
+    if _env_flag("VLLM_MXFP4_USE_MARLIN", e) or not triton_ok:
+        return Mxfp4Backend.MARLIN
+    return Mxfp4Backend.TRITON
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def reference_round_up(backend: Mxfp4Backend | str, hidden_size: int, intermediate_size: int,
+                       rocm: bool = False) -> tuple[int, int]:
+    """Padding each MXFP4 kernel family needs (vLLM oracle rules, 0.20-0.33)."""
+    b = Mxfp4Backend(backend)
+    if b is Mxfp4Backend.DEEPGEMM or b in (Mxfp4Backend.FLASHINFER_CUTLASS_BF16, Mxfp4Backend.FLASHINFER_CUTLASS_MXFP8):
+        return _round_up(hidden_size, 128), _round_up(intermediate_size, 128)
+    if b in (Mxfp4Backend.MARLIN, Mxfp4Backend.BATCHED_MARLIN):
+        return _round_up(hidden_size, 256), _round_up(intermediate_size, 128)
+    if b in (Mxfp4Backend.FLASHINFER_TRTLLM_BF16, Mxfp4Backend.FLASHINFER_TRTLLM_MXFP8) or rocm:
+        return _round_up(hidden_size, 256), _round_up(intermediate_size, 256)
+    if b is Mxfp4Backend.CPU:
+        return _round_up(hidden_size, 32), _round_up(intermediate_size, 32)
+    return hidden_size, _round_up(intermediate_size, 64)
+
+
+def select_mxfp4_backend(*, with_lora_support: bool = False, moe_config: _Any = None, backend: str = "auto") -> Mxfp4Backend:
+    """The MXFP4 MoE backend the installed engine would choose on this device with these
+    environment variables: vLLM's oracle (``select_mxfp4_moe_backend``, which needs the engine's
+    ``FusedMoEConfig`` as ``moe_config``) where it has one, its ``get_mxfp4_backend`` before,
+    and :func:`decide_mxfp4_backend` with no engine (``backend="reference"``)."""
+    from .backends import get_impl
+
+    return get_impl("select_mxfp4_backend", backend, True)(with_lora_support, moe_config)
+
+
+def round_up_hidden_and_intermediate(backend: Mxfp4Backend | str, hidden_size: int, intermediate_size: int,
+                                     *, engine: str = "auto") -> tuple[int, int]:
+    """``(hidden, intermediate)`` padded as the MXFP4 kernel family needs (the engine's own
+    function where it has one: vLLM >= 0.20)."""
+    from .backends import get_impl
+
+    return get_impl("mxfp4_round_up", engine, True)(Mxfp4Backend(backend), hidden_size, intermediate_size)
+
+
+def convert_to_kernel_format(backend: Mxfp4Backend | str, layer: _Any, w13_weight: _Any, w2_weight: _Any,
+                             w13_weight_scale: _Any, w2_weight_scale: _Any, w13_bias: _Any = None, w2_bias: _Any = None,
+                             *, engine: str = "auto") -> _Any:
+    """The engine's ``convert_*_to_mxfp4_moe_kernel_format`` (vLLM >= 0.20), else
+    :class:`UnsupportedFeatureError`."""
+    from .backends import get_impl
+
+    return get_impl("mxfp4_convert", engine, True)(Mxfp4Backend(backend), layer, w13_weight, w2_weight,
+                                                   w13_weight_scale, w2_weight_scale, w13_bias, w2_bias)
+
+
+def _reference_select(with_lora_support: bool, moe_config: _Any) -> Mxfp4Backend:
+    import importlib.util
+
+    import torch
+
+    cap = tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None
+    rocm = bool(getattr(torch.version, "hip", None))
+    return decide_mxfp4_backend(cap, has_flashinfer=importlib.util.find_spec("flashinfer") is not None,  # type: ignore[arg-type]
+                                has_triton_kernels=importlib.util.find_spec("triton_kernels") is not None, rocm=rocm)
+
+
+def _reference_convert(*args: _Any) -> _Any:
+    from .errors import UnsupportedFeatureError
+
+    raise UnsupportedFeatureError("reference", None, "convert_to_kernel_format",
+                                  detail="kernel weight formats are an engine's; the reference backend takes plain MXFP4")

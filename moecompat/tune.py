@@ -45,6 +45,17 @@ PARAM_GRID: dict[str, list[int]] = {
     "num_warps": [4, 8],
     "num_stages": [2, 3, 4, 5],
 }
+#: A smaller grid (432 configs before pruning) for quick tuning and for timing the exhaustive
+#: search against the smart one within a short GPU lease.
+SMALL_GRID: dict[str, list[int]] = {
+    "BLOCK_SIZE_M": [16, 32, 64, 128],
+    "BLOCK_SIZE_N": [32, 64, 128],
+    "BLOCK_SIZE_K": [64, 128, 256],
+    "GROUP_SIZE_M": [1, 16, 64],
+    "num_warps": [4, 8],
+    "num_stages": [3, 4, 5],
+}
+GRIDS = {"full": PARAM_GRID, "small": SMALL_GRID}
 #: Hopper's largest dynamic shared memory per block (bytes).
 H100_SMEM = 232448
 

@@ -122,6 +122,35 @@ def _mask_expert_map(topk_weights: torch.Tensor, topk_ids: torch.Tensor, expert_
     return topk_weights * keep, torch.where(keep, local, 0).to(topk_ids.dtype)
 
 
+def _ensure_server_args() -> None:
+    """SGLang's kernels read process-wide ``ServerArgs``; outside a server none are set and the
+    kernels raise. Install the defaults (without ``__post_init__``, which would resolve a model
+    path) only when nothing is set, so a running server's own arguments are never replaced."""
+    try:
+        from sglang.srt import server_args as sa_mod
+    except ImportError:
+        return
+    getter = getattr(sa_mod, "get_global_server_args", None)
+    setter = getattr(sa_mod, "set_global_server_args_for_scheduler", None)
+    if getter is None or setter is None:
+        return
+    try:
+        if getter() is not None:
+            return
+    except (ValueError, RuntimeError, AttributeError):
+        pass
+    cls = sa_mod.ServerArgs
+    args = cls.__new__(cls)
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            setattr(args, f.name, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            setattr(args, f.name, f.default_factory())
+        else:
+            setattr(args, f.name, None)
+    setter(args)
+
+
 def _fields(cls: Any) -> frozenset[str]:
     if dataclasses.is_dataclass(cls):
         return frozenset(f.name for f in dataclasses.fields(cls))
@@ -144,6 +173,7 @@ _FE_VARIANTS = (
 @ENGINE.adapter("fused_experts")
 def _build_fused_experts(engine: Engine) -> Resolution:
     loc, fn = engine.find(_FE_LOCATIONS)
+    _ensure_server_args()
     params = inspect.signature(fn).parameters
     if "moe_runner_config" in params:
         variant = _FE_VARIANTS[0]
@@ -206,6 +236,7 @@ def _build_fused_experts(engine: Engine) -> Resolution:
 @ENGINE.adapter("select_experts")
 def _build_select(engine: Engine) -> Resolution:
     loc, fn = engine.find([Location(TOPK, "select_experts", ">=0.4.7")])
+    _ensure_server_args()
     params = inspect.signature(fn).parameters
     if "topk_config" in params:
         from sglang.srt.layers.moe.topk import TopKConfig

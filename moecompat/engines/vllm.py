@@ -72,6 +72,15 @@ FACTS: tuple[VersionFact, ...] = (
     VersionFact("determine_expert_map in expert_map_manager.py", ">=0.22", f"{FM}.expert_map_manager:determine_expert_map"),
     VersionFact("determine_expert_map: placement strategy", ">=0.11,<0.22", f"{FM}.layer:determine_expert_map", "param", "expert_placement_strategy"),
     VersionFact("expert_map_manager determine_expert_map: placement strategy", ">=0.22", f"{FM}.expert_map_manager:determine_expert_map", "param", "expert_placement_strategy"),
+    VersionFact("Mxfp4Backend in quantization/mxfp4.py", ">=0.10,<0.19", "vllm.model_executor.layers.quantization.mxfp4:Mxfp4Backend"),
+    VersionFact("get_mxfp4_backend in quantization/mxfp4.py", ">=0.10,<0.19", "vllm.model_executor.layers.quantization.mxfp4:get_mxfp4_backend"),
+    VersionFact("get_mxfp4_backend(with_lora_support)", ">=0.11,<0.19", "vllm.model_executor.layers.quantization.mxfp4:get_mxfp4_backend", "param", "with_lora_support"),
+    VersionFact("MXFP4 oracle: Mxfp4MoeBackend", ">=0.19", f"{FM}.oracle.mxfp4:Mxfp4MoeBackend"),
+    VersionFact("MXFP4 oracle: select_mxfp4_moe_backend", ">=0.19", f"{FM}.oracle.mxfp4:select_mxfp4_moe_backend"),
+    VersionFact("select_mxfp4_moe_backend(config, activation_key)", ">=0.21", f"{FM}.oracle.mxfp4:select_mxfp4_moe_backend", "param", "activation_key"),
+    VersionFact("mxfp4_round_up_hidden_size_and_intermediate_size(..., activation)", ">=0.28", f"{FM}.oracle.mxfp4:mxfp4_round_up_hidden_size_and_intermediate_size", "param", "activation"),
+    VersionFact("FusedMoEPermuteExpertsUnpermute.supports_expert_map", ">=0.9,<0.17", f"{FM}.modular_kernel:FusedMoEPermuteExpertsUnpermute.supports_expert_map"),
+    VersionFact("FusedMoEExperts.supports_expert_map (removed by PR #43108)", ">=0.17,<0.23", f"{FM}.modular_kernel:FusedMoEExperts.supports_expert_map"),
     VersionFact("determine_expert_map gives the remainder to the last rank (later: to the first ranks)", ">=0.8,<0.11", kind="behaviour"),
 )
 
@@ -528,3 +537,68 @@ def _build_override(engine: Engine) -> Resolution:
             fmm._config = previous
 
     return engine.ok("override_config", impl, fn, "module _config")
+
+
+# --------------------------------------------------------------------------------------------
+# MXFP4 backend oracle (PR #37128 moved it from quantization/mxfp4.py to fused_moe/oracle/)
+
+_MX_ENUMS = (Location(f"{FM}.oracle.mxfp4", "Mxfp4MoeBackend", ">=0.19"),
+             Location("vllm.model_executor.layers.quantization.mxfp4", "Mxfp4Backend", ">=0.10,<0.19"))
+
+
+@ENGINE.adapter("select_mxfp4_backend")
+def _build_select_mxfp4(engine: Engine) -> Resolution:
+    from .. import mxfp4 as mx
+
+    try:
+        _, oracle = engine.find([Location(f"{FM}.oracle.mxfp4", "select_mxfp4_moe_backend", ">=0.19")])
+    except LookupError:
+        oracle = None
+    if oracle is not None:
+        takes_key = "activation_key" in inspect.signature(oracle).parameters
+
+        def impl_oracle(with_lora_support, moe_config):
+            if moe_config is None:
+                raise engine.unsupported("select_mxfp4_backend without moe_config",
+                                         detail="vLLM's oracle decides from the layer's FusedMoEConfig; pass moe_config=")
+            out = oracle(moe_config)
+            member = out[0] if isinstance(out, tuple) else out
+            return mx.from_engine(member)
+
+        return engine.ok("select_mxfp4_backend", impl_oracle, oracle, "oracle+activation_key" if takes_key else "oracle")
+    _, legacy = engine.find([Location("vllm.model_executor.layers.quantization.mxfp4", "get_mxfp4_backend", ">=0.10,<0.19")])
+    takes_lora = "with_lora_support" in inspect.signature(legacy).parameters
+
+    def impl_legacy(with_lora_support, moe_config):
+        return mx.from_engine(legacy(with_lora_support) if takes_lora else legacy())
+
+    return engine.ok("select_mxfp4_backend", impl_legacy, legacy, "get_mxfp4_backend")
+
+
+@ENGINE.adapter("mxfp4_round_up")
+def _build_mxfp4_round_up(engine: Engine) -> Resolution:
+    from .. import mxfp4 as mx
+
+    _, fn = engine.find([Location(f"{FM}.oracle.mxfp4", "mxfp4_round_up_hidden_size_and_intermediate_size", ">=0.19")])
+    _, enum_cls = engine.find(_MX_ENUMS)
+    takes_activation = "activation" in inspect.signature(fn).parameters
+
+    def impl(backend, hidden_size, intermediate_size):
+        member = mx.to_engine(backend, enum_cls)
+        out = fn(member, hidden_size, intermediate_size)
+        return int(out[0]), int(out[1])
+
+    return engine.ok("mxfp4_round_up", impl, fn, "with activation" if takes_activation else "basic")
+
+
+@ENGINE.adapter("mxfp4_convert")
+def _build_mxfp4_convert(engine: Engine) -> Resolution:
+    from .. import mxfp4 as mx
+
+    _, fn = engine.find([Location(f"{FM}.oracle.mxfp4", "convert_weight_to_mxfp4_moe_kernel_format", ">=0.19")])
+    _, enum_cls = engine.find(_MX_ENUMS)
+
+    def impl(backend, layer, w13, w2, s13, s2, b13, b2):
+        return fn(mx.to_engine(backend, enum_cls), layer, w13, w2, s13, s2, b13, b2)
+
+    return engine.ok("mxfp4_convert", impl, fn, "convert_weight_to_mxfp4_moe_kernel_format")
