@@ -12,10 +12,6 @@ from packaging.version import Version
 from moecompat.engines import ENGINES
 
 
-def pytest_addoption(parser):
-    parser.addoption("--engine", action="store", default=None, help="engine these tests must run against")
-
-
 @pytest.fixture(scope="session")
 def engine_name(request):
     name = request.config.getoption("--engine")

@@ -17,10 +17,6 @@ import torch
 _RESULTS: list[dict] = []
 
 
-def pytest_addoption(parser):
-    parser.addoption("--gpu-results", default=None, help="write per-case results JSON here")
-
-
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
