@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tune", help="search Triton configs and write the engine's own tuned-config file")
     _add_shape_args(t)
     t.add_argument("--strategy", default="smart", choices=["smart", "exhaustive", "both"])
+    t.add_argument("--time-budget", type=float, default=None, help="stop the exhaustive search after this many seconds")
     t.add_argument("--grid", default="full", choices=["full", "small"], help="config grid to search (small: 432 configs)")
     t.add_argument("--config-dir", default=None,
                    help="folder for the config file (default: the engine's own package folder)")
@@ -192,6 +193,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _tune_task(payload: dict) -> list[dict]:
     from .bench import MoEShape, bench_one, make_problem
+    import json
+    import time
+
     from .tune import GRIDS, default_config, exhaustive_search, search_space, smart_search, timed
 
     shape = MoEShape(**payload["shape"])
@@ -216,10 +220,16 @@ def _tune_task(payload: dict) -> list[dict]:
             (res, n_cfg), wall = timed(lambda: smart_search(evaluate, space, batches, top_k=shape.top_k,
                                                             num_experts=shape.num_experts, starts=starts))
         else:
-            (res, n_cfg), wall = timed(lambda: exhaustive_search(evaluate, space, batches))
+            budget = payload.get("time_budget")
+            deadline = time.monotonic() + budget if budget else None
+            (res, n_cfg), wall = timed(lambda: exhaustive_search(evaluate, space, batches, deadline=deadline))
         for b, r in res.items():
             out.append({"strategy": strategy, "batch_size": b, "best": r.best, "best_ms": r.best_ms,
-                        "default_ms": default_ms[b], "configs_timed": n_cfg, "wall_s": wall, "space": len(space)})
+                        "default_ms": default_ms[b], "configs_timed": n_cfg, "wall_s": wall, "space": len(space),
+                        "evaluated": r.evaluated, "complete": strategy == "smart" or r.evaluated == len(space)})
+        if payload.get("partial"):
+            with open(payload["partial"], "w") as fh:
+                json.dump(out, fh, indent=1)
     return out
 
 
@@ -235,7 +245,8 @@ def _tune(args: argparse.Namespace) -> int:
     backend = _engine(args, device)
     check_tunable(backend)
     payload = {"shape": dataclasses.asdict(shape), "dtype": args.dtype, "backend": backend, "device": device,
-               "seed": args.seed, "strategy": args.strategy, "grid": args.grid}
+               "seed": args.seed, "strategy": args.strategy, "grid": args.grid, "time_budget": args.time_budget,
+               "partial": f"{args.out}.partial.json"}
     rows = workers.run(_tune_task, payload, args.batch_size, _workers(args, device), args.ray)
     final = "smart" if args.strategy in ("smart", "both") else "exhaustive"
     best = {r["batch_size"]: (r["best"] if r["best_ms"] <= r["default_ms"] else None, r) for r in rows if r["strategy"] == final}
@@ -251,11 +262,11 @@ def _tune(args: argparse.Namespace) -> int:
     report = {"meta": _meta(args, backend, device, shape), "config_file": str(path), "env": env, "results": rows}
     with open(f"{args.out}.json", "w") as fh:
         json.dump(report, fh, indent=1)
-    print(f"{'strategy':>10} {'batch':>6} {'default ms':>11} {'tuned ms':>9} {'speed-up':>8} {'configs':>8} {'wall s':>7}")
+    print(f"{'strategy':>10} {'batch':>6} {'default ms':>11} {'tuned ms':>9} {'speed-up':>8} {'configs':>8} {'wall s':>7} complete")
     for r in sorted(rows, key=lambda r: (r["strategy"], r["batch_size"])):
         up = r["default_ms"] / r["best_ms"] - 1 if r["best_ms"] else 0.0
         print(f"{r['strategy']:>10} {r['batch_size']:>6} {r['default_ms']:>11.4f} {r['best_ms']:>9.4f} {up:>8.1%} "
-              f"{r['configs_timed']:>8} {r['wall_s']:>7.1f}")
+              f"{r['configs_timed']:>8} {r['wall_s']:>7.1f} {r.get('complete', True)}")
     extra = " ".join(f"{k}={v}" for k, v in env.items())
     print(f"wrote {path}" + (f" (the engine finds it with {extra})" if extra else "") + f" and {args.out}.json")
     return 0

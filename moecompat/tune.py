@@ -126,14 +126,28 @@ class _Memo:
 
 
 def exhaustive_search(evaluate: Evaluate, space: Sequence[Config], batch_sizes: Iterable[int],
-                      progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None) -> tuple[dict[int, TuneResult], int]:
-    """Time every config at every batch size. Returns (results, distinct configs timed)."""
+                      progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+                      deadline: float | None = None) -> tuple[dict[int, TuneResult], int]:
+    """Time every config at every batch size. Returns (results, distinct configs timed).
+
+    ``deadline`` (``time.monotonic()`` value): stop early; a batch size cut short reports the best
+    of the configs it reached and ``evaluated < len(space)``.
+    """
     memo = _Memo(evaluate)
     results = {}
     for b in batch_sizes:
         it = progress(space) if progress else space
-        best = min(it, key=lambda c, b=b: memo(c, b))
-        results[b] = TuneResult(b, best, memo(best, b), None, len(space))
+        best: Config | None = None
+        done = 0
+        for c in it:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            done += 1
+            if best is None or memo(c, b) < memo(best, b):
+                best = c
+        if best is None:
+            break
+        results[b] = TuneResult(b, best, memo(best, b), None, done)
     return results, len(memo.configs)
 
 

@@ -36,6 +36,7 @@ FACTS: tuple[VersionFact, ...] = (
     VersionFact("gelu activation", ">=0.8", kind="behaviour"),
     VersionFact("swigluoai activation", ">=0.10", kind="behaviour"),
     VersionFact("Triton kernel ties per-token activation scales to per-channel weight scales", ">=0.6", kind="behaviour"),
+    VersionFact("expert_map with dynamic per-tensor w8a8 scales gives NaN rows (moecompat masks instead)", "==0.24.0", kind="behaviour"),
     VersionFact("package-level fused_experts is a placeholder without a Triton driver", ">=0.11", kind="behaviour"),
     # quant config ---------------------------------------------------------------------------
     VersionFact("FusedMoEQuantConfig", ">=0.9", f"{FM}.config:FusedMoEQuantConfig"),
@@ -293,7 +294,10 @@ def _build_fused_experts(engine: Engine) -> Resolution:
         if act is acts:
             raise engine.unsupported(f"activation {activation.value!r}", act_ranges.get(activation, ""))
         cfg = _cached(qc, "vllm", lambda: make_cfg(qc))
-        if expert_map is not None and not has_map:
+        if expert_map is not None and (not has_map or (qc.quantizes_activations and qc.block_shape is None
+                                                        and not qc.per_act_token_quant)):
+            # No expert_map parameter, or dynamic per-tensor w8a8 scales, whose expert-map path
+            # returned NaN rows on vLLM 0.24.0 (H100, 257 tokens; tests/gpu): apply the map here.
             topk_weights, topk_ids = _mask_expert_map(topk_weights, topk_ids, expert_map)
             expert_map = None
         if apply_router_weight_on_input and not has_on_input:
