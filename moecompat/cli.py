@@ -192,10 +192,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _tune_task(payload: dict) -> list[dict]:
-    from .bench import MoEShape, bench_one, make_problem
     import json
     import time
 
+    from .bench import MoEShape, bench_one, make_problem
     from .tune import GRIDS, default_config, exhaustive_search, search_space, smart_search, timed
 
     shape = MoEShape(**payload["shape"])
