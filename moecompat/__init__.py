@@ -28,12 +28,14 @@ from .errors import (
 )
 from .info import EngineInfo, engine_info
 from .quant import QuantConfig, make_quant_config
+from .tracker import ExpertActivationTracker
 from .vocab import Activation, QuantScheme, ScoringFunc, TopK
 
 __all__ = [
     "Activation",
     "EngineImportError",
     "EngineInfo",
+    "ExpertActivationTracker",
     "InvalidInputError",
     "MoECompatError",
     "MoECompatWarning",

@@ -110,6 +110,8 @@ def select_experts(
     routed_scaling_factor: float | None = None,
     custom_routing_function: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
     backend: BackendName = "auto",
+    tracker: Any = None,
+    layer: int = 0,
 ) -> TopK:
     """Choose ``top_k`` experts per token from router logits.
 
@@ -127,6 +129,8 @@ def select_experts(
         custom_routing_function: ``f(hidden_states, router_logits, top_k, renormalize) ->
             (weights, ids)``.
         backend: ``"auto"``, ``"reference"``, ``"vllm"`` or ``"sglang"``.
+        tracker: an :class:`moecompat.ExpertActivationTracker` that records the chosen ids
+            (for ``layer``) without synchronising the GPU.
 
     Returns:
         :class:`moecompat.TopK` ``(topk_weights [T, k] float32, topk_ids [T, k] int32)``.
@@ -137,11 +141,14 @@ def select_experts(
         e_score_correction_bias, routed_scaling_factor, custom_routing_function,
     )
     impl = _impl("select_experts", backend, router_logits.is_cuda)
-    return impl(
+    out = impl(
         hidden_states, router_logits, top_k, renormalize, scoring, use_grouped_topk,
         num_expert_group, topk_group, e_score_correction_bias, routed_scaling_factor,
         custom_routing_function,
     )
+    if tracker is not None:
+        tracker.record(layer, out.topk_ids)
+    return out
 
 
 def fused_moe(
