@@ -27,7 +27,7 @@ from .errors import (
     UnsupportedFeatureError,
 )
 from .info import EngineInfo, engine_info
-from .quant import QuantConfig, make_quant_config
+from .quant import MixedQuantConfig, QuantConfig, make_mixed_quant_config, make_quant_config
 from .tracker import ExpertActivationTracker
 from .vocab import Activation, QuantScheme, ScoringFunc, TopK
 
@@ -37,6 +37,7 @@ __all__ = [
     "EngineInfo",
     "ExpertActivationTracker",
     "InvalidInputError",
+    "MixedQuantConfig",
     "MoECompatError",
     "MoECompatWarning",
     "QuantConfig",
@@ -50,6 +51,7 @@ __all__ = [
     "fused_moe",
     "get_config_dtype_str",
     "make_expert_map",
+    "make_mixed_quant_config",
     "make_quant_config",
     "moe_align_block_size",
     "mxfp4",

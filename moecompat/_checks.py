@@ -17,6 +17,7 @@ import torch
 
 from .errors import InvalidInputError
 from .quant import (
+    MixedQuantConfig,
     QuantConfig,
     expected_weight_scale_shape,
     expected_zp_shape,
@@ -121,11 +122,11 @@ def _check_weights(
         raise _fail("w2", "a 3-D tensor [num_experts, hidden, intermediate]", _shape(w2))
     hidden = ref.shape[1]
     num_local, n1, k1 = w1.shape
-    scheme = qc.scheme
+    c1, c2 = (qc.for_gemm(1), qc.for_gemm(2)) if isinstance(qc, MixedQuantConfig) else (qc, qc)
     if w2.shape[0] != num_local:
         raise _fail("w2", f"{num_local} experts in dim 0 (like w1)", _shape(w2))
-    if logical_k(scheme, k1) != hidden:
-        exp_k = hidden // 2 if scheme in (QuantScheme.INT4_W4A16, QuantScheme.MXFP4_W4A16) else hidden
+    if logical_k(c1.scheme, k1) != hidden:
+        exp_k = hidden // 2 if c1.scheme in (QuantScheme.INT4_W4A16, QuantScheme.MXFP4_W4A16) else hidden
         raise _fail("w1", f"shape [E, 2*I, {exp_k}] matching hidden size {hidden} of hidden_states", _shape(w1),
                     "packed 4-bit schemes store hidden/2 bytes" if exp_k != hidden else "")
     if n1 % 2:
@@ -133,17 +134,16 @@ def _check_weights(
     inter = n1 // 2
     if w2.shape[1] != hidden:
         raise _fail("w2", f"shape [E, {hidden}, I] matching hidden size {hidden}", _shape(w2))
-    if logical_k(scheme, w2.shape[2]) != inter:
+    if logical_k(c2.scheme, w2.shape[2]) != inter:
         raise _fail("w2", f"intermediate size {inter} in dim 2 (w1 has 2*I = {n1} rows)", _shape(w2))
-    _, w_dtypes = weight_storage(scheme, n1, hidden)
-    if scheme is None:
-        for name, w in (("w1", w1), ("w2", w2)):
+    for name, w, cfg in (("w1", w1, c1), ("w2", w2, c2)):
+        if cfg.scheme is None:
             if w.dtype != act_dtype:
                 raise _fail(name, f"dtype {act_dtype} (the dtype of hidden_states, unquantized weights)", w.dtype)
-    else:
-        for name, w in (("w1", w1), ("w2", w2)):
+        else:
+            _, w_dtypes = weight_storage(cfg.scheme, 1, 2)
             if w.dtype not in w_dtypes:
-                raise _fail(name, f"dtype {' or '.join(map(str, w_dtypes))} for scheme {scheme.value}", w.dtype)
+                raise _fail(name, f"dtype {' or '.join(map(str, w_dtypes))} for scheme {cfg.scheme.value}", w.dtype)
     for name, t in (("w1", w1), ("w2", w2)):
         _check_same_device(name, t, "hidden_states", ref)
         if t.stride(-1) != 1:
@@ -164,8 +164,10 @@ def _check_weights(
         global_num_experts = num_local
     elif global_num_experts != num_local:
         raise _fail("global_num_experts", f"{num_local} (w1's experts) when no expert_map is given", global_num_experts)
-    if scheme is not None:
-        _check_quant(qc, num_local, n1, hidden, inter, ref)
+    if c1.scheme is not None:
+        _check_quant(c1, 1, num_local, n1, hidden, ref)
+    if c2.scheme is not None:
+        _check_quant(c2, 2, num_local, hidden, inter, ref)
     return WeightInfo(hidden, num_local, global_num_experts, ref.get_device())
 
 
@@ -279,43 +281,42 @@ def _check_fused_experts_full(
     return hidden_states, topk_weights, topk_ids, gne
 
 
-def _check_quant(qc: QuantConfig, e: int, n1: int, hidden: int, inter: int, ref: torch.Tensor) -> None:
+def _check_quant(qc: QuantConfig, which: int, e: int, n: int, k: int, ref: torch.Tensor) -> None:
+    """Scale/zero-point/block checks of GEMM ``which`` (1: w1 [E, N=2I, K=H]; 2: w2 [E, N=H, K=I])."""
     s = qc.scheme
     assert s is not None
+    w = f"w{which}"
     if qc.block_shape is not None:
         bn, bk = qc.block_shape
-        for name, n, k in (("w1", n1, hidden), ("w2", hidden, inter)):
-            if n % bn or k % bk:
-                raise _fail("block_shape", f"a [block_n, block_k] dividing {name}'s [N={n}, K={k}]", list(qc.block_shape))
-    if qc.group_size is not None:
-        for name, k in (("w1", hidden), ("w2", inter)):
-            if k % qc.group_size:
-                raise _fail("group_size", f"a divisor of {name}'s reduction size {k}", qc.group_size)
-    for name, scale, n, k in (("w1_scale", qc.w1_scale, n1, hidden), ("w2_scale", qc.w2_scale, hidden, inter)):
-        assert scale is not None
-        allowed = expected_weight_scale_shape(qc, e, n, k)
-        if tuple(scale.shape) not in allowed:
-            raise _fail(name, " or ".join(str(list(a)) for a in allowed) + f" for {qc.describe()}", _shape(scale))
-        if s is QuantScheme.MXFP4_W4A16:
-            if scale.dtype != torch.uint8:
-                raise _fail(name, "dtype uint8 (e8m0 exponents)", scale.dtype)
-        elif not scale.is_floating_point():
-            raise _fail(name, "a floating-point dtype", scale.dtype)
-        _check_same_device(name, scale, "hidden_states", ref)
-    if qc.w1_zp is not None:
-        for name, zp, n, k in (("w1_zp", qc.w1_zp, n1, hidden), ("w2_zp", qc.w2_zp, hidden, inter)):
-            assert zp is not None
-            exp = expected_zp_shape(qc, e, n, k)
-            if tuple(zp.shape) != exp:
-                raise _fail(name, f"{list(exp)} (int4 zero points packed two per byte along N)", _shape(zp))
-            if zp.dtype != torch.uint8:
-                raise _fail(name, "dtype uint8", zp.dtype)
-            _check_same_device(name, zp, "hidden_states", ref)
-    for name, a in (("a1_scale", qc.a1_scale), ("a2_scale", qc.a2_scale)):
-        if a is not None:
-            if a.numel() != 1:
-                raise _fail(name, "a per-tensor scale (numel 1)", _shape(a))
-            _check_same_device(name, a, "hidden_states", ref)
+        if n % bn or k % bk:
+            raise _fail("block_shape", f"a [block_n, block_k] dividing {w}'s [N={n}, K={k}]", list(qc.block_shape))
+    if qc.group_size is not None and k % qc.group_size:
+        raise _fail("group_size", f"a divisor of {w}'s reduction size {k}", qc.group_size)
+    scale = qc.w1_scale if which == 1 else qc.w2_scale
+    name = f"{w}_scale"
+    assert scale is not None
+    allowed = expected_weight_scale_shape(qc, e, n, k)
+    if tuple(scale.shape) not in allowed:
+        raise _fail(name, " or ".join(str(list(a)) for a in allowed) + f" for {qc.describe()}", _shape(scale))
+    if s is QuantScheme.MXFP4_W4A16:
+        if scale.dtype != torch.uint8:
+            raise _fail(name, "dtype uint8 (e8m0 exponents)", scale.dtype)
+    elif not scale.is_floating_point():
+        raise _fail(name, "a floating-point dtype", scale.dtype)
+    _check_same_device(name, scale, "hidden_states", ref)
+    zp = qc.w1_zp if which == 1 else qc.w2_zp
+    if zp is not None:
+        exp = expected_zp_shape(qc, e, n, k)
+        if tuple(zp.shape) != exp:
+            raise _fail(f"{w}_zp", f"{list(exp)} (int4 zero points packed two per byte along N)", _shape(zp))
+        if zp.dtype != torch.uint8:
+            raise _fail(f"{w}_zp", "dtype uint8", zp.dtype)
+        _check_same_device(f"{w}_zp", zp, "hidden_states", ref)
+    a = qc.a1_scale if which == 1 else qc.a2_scale
+    if a is not None:
+        if a.numel() != 1:
+            raise _fail(f"a{which}_scale", "a per-tensor scale (numel 1)", _shape(a))
+        _check_same_device(f"a{which}_scale", a, "hidden_states", ref)
 
 
 def check_select_experts(

@@ -10,8 +10,8 @@ import torch
 from . import _checks
 from .adapters import REGISTRY
 from .backends import auto_backend, get_impl
-from .errors import InvalidInputError
-from .quant import UNQUANTIZED, QuantConfig
+from .errors import InvalidInputError, UnsupportedFeatureError
+from .quant import UNQUANTIZED, MixedQuantConfig, QuantConfig
 from .vocab import (
     Activation,
     BackendName,
@@ -51,7 +51,7 @@ def fused_experts(
     topk_ids: torch.Tensor,
     *,
     activation: str | Activation = "silu",
-    quant_config: QuantConfig | None = None,
+    quant_config: QuantConfig | MixedQuantConfig | None = None,
     expert_map: torch.Tensor | None = None,
     global_num_experts: int = -1,
     apply_router_weight_on_input: bool = False,
@@ -83,7 +83,15 @@ def fused_experts(
     act = _ACTIVATIONS.get(activation) or parse_activation(activation)
     qc = UNQUANTIZED if quant_config is None else quant_config
     if not isinstance(qc, QuantConfig):
-        raise InvalidInputError("quant_config", "a moecompat.QuantConfig (see make_quant_config) or None", type(qc).__name__)
+        if not isinstance(qc, MixedQuantConfig):
+            raise InvalidInputError("quant_config", "a moecompat.QuantConfig (see make_quant_config) or None", type(qc).__name__)
+        chosen = auto_backend("fused_experts", hidden_states.is_cuda)[0] if backend == "auto" else backend
+        if chosen != "reference":
+            raise UnsupportedFeatureError(
+                chosen, None, "mixed per-projection precision (MixedQuantConfig)",
+                detail="the engines' fused kernels run both GEMMs in one scheme and expose no per-stage API; "
+                "use backend='reference'")
+        backend = "reference"
     hidden_states, topk_weights, topk_ids, global_num_experts = _checks.check_fused_experts(
         hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace
     )

@@ -73,7 +73,7 @@ def unpack_int32(packed: torch.Tensor, dim: int, order: tuple[int, ...] = tuple(
     nib = (p.unsqueeze(-1) >> shifts) & 0xF  # [..., n, 8], position j
     out = torch.empty_like(nib)
     out[..., list(order)] = nib
-    return out.reshape(*p.shape[:-1], p.shape[-1] * 8).movedim(-1, dim)
+    return out.reshape(*p.shape[:-1], p.shape[-1] * 8).movedim(-1, dim).contiguous()
 
 
 def pack_int32(codes: torch.Tensor, dim: int, order: tuple[int, ...] = tuple(range(8))) -> torch.Tensor:
@@ -85,7 +85,7 @@ def pack_int32(codes: torch.Tensor, dim: int, order: tuple[int, ...] = tuple(ran
     shifts = torch.arange(0, 32, 4, device=c.device, dtype=torch.int32)
     packed = (c << shifts).sum(-1, dtype=torch.int64)
     packed = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
-    return packed.movedim(-1, dim)
+    return packed.movedim(-1, dim).contiguous()
 
 
 def _expect(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> None:

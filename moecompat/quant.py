@@ -38,11 +38,13 @@ __all__ = [
     "FP8_DTYPE",
     "FP8_MAX",
     "INT8_MAX",
+    "MixedQuantConfig",
     "QuantConfig",
     "QuantizedWeights",
     "dequantize_activation",
     "dequantize_weights",
     "fake_quantize_activation",
+    "make_mixed_quant_config",
     "make_quant_config",
     "pack_int4",
     "quantize_activation",
@@ -109,6 +111,54 @@ class QuantConfig:
         if self.a1_scale is not None:
             parts.append("static-act")
         return " ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MixedQuantConfig:
+    """Different precisions for the two projections: ``w13`` (gate/up, first GEMM) and ``w2``
+    (down, second GEMM).
+
+    ``w13`` supplies the first GEMM's tensors (``w13.w1_scale``, ``w13.w1_zp``,
+    ``w13.a1_scale``); ``w2`` supplies the second's (``w2.w2_scale``, ``w2.w2_zp``,
+    ``w2.a2_scale``). Build it with :func:`make_mixed_quant_config`. The reference backend
+    executes any mix; the engines' fused kernels take one scheme for both GEMMs, so an engine
+    backend raises ``UnsupportedFeatureError``.
+    """
+
+    w13: QuantConfig
+    w2: QuantConfig
+
+    def for_gemm(self, which: int) -> QuantConfig:
+        return self.w13 if which == 1 else self.w2
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.w13.quantizes_activations or self.w2.quantizes_activations
+
+    def describe(self) -> str:
+        return f"w13 {self.w13.describe()} / w2 {self.w2.describe()}"
+
+
+def _one_side(scheme: str | QuantScheme | None, which: int, scale: torch.Tensor | None, zp: torch.Tensor | None,
+              a_scale: torch.Tensor | None, **opts: Any) -> QuantConfig:
+    if parse_scheme(scheme) is None:
+        return make_quant_config(None)
+    kw = dict(w1_scale=scale, w2_scale=scale, w1_zp=zp, w2_zp=zp, a1_scale=a_scale, a2_scale=a_scale)
+    return make_quant_config(scheme, **kw, **opts)
+
+
+def make_mixed_quant_config(
+    w13_scheme: str | QuantScheme | None, w2_scheme: str | QuantScheme | None, *,
+    w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None,
+    w13_zp: torch.Tensor | None = None, w2_zp: torch.Tensor | None = None,
+    a1_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None,
+    w13_options: dict[str, Any] | None = None, w2_options: dict[str, Any] | None = None,
+) -> MixedQuantConfig:
+    """A :class:`MixedQuantConfig`, e.g. ``make_mixed_quant_config("fp8_w8a8", "int4_w4a16",
+    w13_scale=s13, w2_scale=s2, w2_zp=z2, w2_options={"group_size": 128})``. ``*_options`` are the
+    other :func:`make_quant_config` keywords (block_shape, group_size, per-channel flags)."""
+    return MixedQuantConfig(_one_side(w13_scheme, 1, w13_scale, w13_zp, a1_scale, **(w13_options or {})),
+                            _one_side(w2_scheme, 2, w2_scale, w2_zp, a2_scale, **(w2_options or {})))
 
 
 #: The unquantized config (bf16/fp16/fp32 weights).

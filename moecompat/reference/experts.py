@@ -14,7 +14,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from ..quant import QuantConfig, dequantize_weights, fake_quantize_activation
+from ..quant import MixedQuantConfig, QuantConfig, dequantize_weights, fake_quantize_activation
 from ..vocab import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT, Activation
 
 _GROUPED_MM = getattr(torch, "_grouped_mm", None)
@@ -91,7 +91,7 @@ def fused_experts(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     activation: Activation,
-    quant_config: QuantConfig,
+    quant_config: QuantConfig | MixedQuantConfig,
     expert_map: torch.Tensor | None,
     global_num_experts: int,
     apply_router_weight_on_input: bool,
@@ -108,13 +108,10 @@ def fused_experts(
     num_local = w1.shape[0]
     out_dtype = hidden_states.dtype
     cfg = quant_config
-    if cfg.scheme is None:
-        compute = out_dtype
-        w1c, w2c = w1, w2
-    else:
-        compute = torch.float32 if cfg.quantizes_activations else out_dtype
-        w1c = dequantize_weights(w1, cfg, 1, compute)
-        w2c = dequantize_weights(w2, cfg, 2, compute)
+    c1, c2 = (cfg.for_gemm(1), cfg.for_gemm(2)) if isinstance(cfg, MixedQuantConfig) else (cfg, cfg)
+    compute = torch.float32 if cfg.quantizes_activations else out_dtype
+    w1c = w1 if c1.scheme is None and compute == w1.dtype else dequantize_weights(w1, c1, 1, compute)
+    w2c = w2 if c2.scheme is None and compute == w2.dtype else dequantize_weights(w2, c2, 2, compute)
 
     flat_ids = topk_ids.reshape(-1).long()
     if expert_map is not None:
@@ -130,8 +127,8 @@ def fused_experts(
     slot_weights = topk_weights.reshape(-1).float()
 
     x = hidden_states[order // k]
-    if cfg.quantizes_activations:
-        x = fake_quantize_activation(x, cfg, 1)
+    if c1.quantizes_activations:
+        x = fake_quantize_activation(x, c1, 1)
     x = x.to(compute)
     sorted_valid = valid[order]
     inter = grouped_matmul(x, w1c, counts)
@@ -142,8 +139,8 @@ def fused_experts(
     if apply_router_weight_on_input:
         inter = (inter.float() * slot_weights[order, None]).to(inter.dtype)
     act = apply_activation(inter, activation)
-    if cfg.quantizes_activations:
-        act = fake_quantize_activation(act, cfg, 2).to(compute)
+    if c2.quantizes_activations:
+        act = fake_quantize_activation(act, c2, 2).to(compute)
     rows = grouped_matmul(act, w2c, counts).float()
     rows = torch.where(sorted_valid[:, None], rows, 0.0)
     slots = torch.empty_like(rows)
