@@ -89,7 +89,7 @@ _WEIGHT_CACHE_MAX = 4096
 
 
 def _validated_weights(
-    w1: torch.Tensor, w2: torch.Tensor, qc: QuantConfig, expert_map: torch.Tensor | None,
+    w1: torch.Tensor, w2: torch.Tensor, qc: QuantConfig | MixedQuantConfig, expert_map: torch.Tensor | None,
     global_num_experts: int, act_dtype: torch.dtype, ref: torch.Tensor,
 ) -> WeightInfo:
     hit = _weight_cache.get(id(w1))
@@ -110,7 +110,7 @@ def _validated_weights(
 
 
 def _check_weights(
-    w1: torch.Tensor, w2: torch.Tensor, qc: QuantConfig, expert_map: torch.Tensor | None,
+    w1: torch.Tensor, w2: torch.Tensor, qc: QuantConfig | MixedQuantConfig, expert_map: torch.Tensor | None,
     global_num_experts: int, act_dtype: torch.dtype, ref: torch.Tensor,
 ) -> WeightInfo:
     for name, t in (("w1", w1), ("w2", w2)):
@@ -177,7 +177,7 @@ def check_fused_experts(
     w2: torch.Tensor,
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
-    qc: QuantConfig,
+    qc: QuantConfig | MixedQuantConfig,
     expert_map: torch.Tensor | None,
     global_num_experts: int,
     inplace: bool,
@@ -220,7 +220,7 @@ def _check_fused_experts_full(
     w2: torch.Tensor,
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
-    qc: QuantConfig,
+    qc: QuantConfig | MixedQuantConfig,
     expert_map: torch.Tensor | None,
     global_num_experts: int,
     inplace: bool,

@@ -222,7 +222,7 @@ def _tune_task(payload: dict) -> list[dict]:
         else:
             budget = payload.get("time_budget")
             deadline = time.monotonic() + budget if budget else None
-            (res, n_cfg), wall = timed(lambda d=deadline: exhaustive_search(evaluate, space, batches, deadline=d))
+            (res, n_cfg), wall = timed(functools.partial(exhaustive_search, evaluate, space, batches, deadline=deadline))
         for b, r in res.items():
             out.append({"strategy": strategy, "batch_size": b, "best": r.best, "best_ms": r.best_ms,
                         "default_ms": default_ms[b], "configs_timed": n_cfg, "wall_s": wall, "space": len(space),

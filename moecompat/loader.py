@@ -197,7 +197,7 @@ def load_moe_weights(
         first_shapes: list[Any] = []
         for e in range(num_experts):
             parts = [_read_linear(ck, prec, str(spec[k]).format(expert=e), spec.get("group_size")) for k in keys]
-            w, s, z = _cat_rows(parts, prec) if len(parts) == 2 else parts[0]
+            w, s, z = _cat_rows(parts, prec) if len(parts) == 2 else parts[0]  # type: ignore[assignment]
             if prec in _FLOATS:
                 w = w.to(dtype)
             elif prec in ("gptq_int4", "awq_int4") and s is not None:

@@ -143,8 +143,8 @@ def _one_side(scheme: str | QuantScheme | None, which: int, scale: torch.Tensor 
               a_scale: torch.Tensor | None, **opts: Any) -> QuantConfig:
     if parse_scheme(scheme) is None:
         return make_quant_config(None)
-    kw = dict(w1_scale=scale, w2_scale=scale, w1_zp=zp, w2_zp=zp, a1_scale=a_scale, a2_scale=a_scale)
-    return make_quant_config(scheme, **kw, **opts)
+    return make_quant_config(scheme, w1_scale=scale, w2_scale=scale, w1_zp=zp, w2_zp=zp, a1_scale=a_scale,
+                             a2_scale=a_scale, **opts)
 
 
 def make_mixed_quant_config(
