@@ -192,6 +192,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _tune_task(payload: dict) -> list[dict]:
+    import functools
     import json
     import time
 

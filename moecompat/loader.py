@@ -158,12 +158,12 @@ def _cat_rows(parts: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor 
         wu = (wu.float() * (su / s)).to(FP8_DTYPE)
         return torch.cat([wg, wu]), s, None
     w = torch.cat([wg, wu])
-    s = torch.cat([sg, su]) if sg is not None and su is not None else None
+    scale = torch.cat([sg, su]) if sg is not None and su is not None else None
     if zg is not None and zu is not None:
         z = torch.cat([zg, zu])  # packed along N: both halves have even N
     else:
         z = None
-    return w, s, z
+    return w, scale, z
 
 
 def load_moe_weights(
@@ -197,7 +197,7 @@ def load_moe_weights(
         first_shapes: list[Any] = []
         for e in range(num_experts):
             parts = [_read_linear(ck, prec, str(spec[k]).format(expert=e), spec.get("group_size")) for k in keys]
-            w, s, z = _cat_rows(parts, prec) if len(parts) == 2 else parts[0]  # type: ignore[assignment]
+            w, s, z = _cat_rows(parts, prec) if len(parts) == 2 else parts[0]
             if prec in _FLOATS:
                 w = w.to(dtype)
             elif prec in ("gptq_int4", "awq_int4") and s is not None:
