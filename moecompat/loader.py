@@ -76,7 +76,7 @@ class _Checkpoint:
             self.files[name] = index.parent / fname
 
     def _scan(self, f: pathlib.Path) -> None:
-        for name in self._handle(f):
+        for name in self._handle(f).keys():  # noqa: SIM118 - safe_open handles are not iterable
             self.files[name] = f
 
     def _handle(self, f: pathlib.Path) -> Any:
