@@ -176,6 +176,28 @@ def gpu_sglang(session: nox.Session) -> None:
     _gpu(session, "sglang")
 
 
+@nox.session(python=False)
+def ep(session: nox.Session) -> None:
+    """Expert-parallel fused MoE: 2 ranks with gloo on CPU; with 2+ GPUs, NCCL correctness and
+    timing per rank count (results under docs/results/ep/)."""
+    out = RESULTS / "ep"
+    out.mkdir(parents=True, exist_ok=True)
+    session.run("python", "benchmarks/ep_fused_moe.py", "--world-size", "2", "--device", "cpu", "--shape", "tiny",
+                "--backend", "reference", "--json", str(out / "gloo-cpu.json"))
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        session.log(f"{gpus} GPU(s): the NCCL runs need 2 or more; only the CPU (gloo) run was made")
+        return
+    for dtype in ("bf16", "fp8_w8a8"):
+        for shape in ("mixtral", "deepseek-like"):
+            for world in (1, 2):
+                session.run("python", "benchmarks/ep_fused_moe.py", "--world-size", str(world), "--device", "cuda",
+                            "--shape", shape, "--dtype", dtype, "--time", "--tokens", "1", "16", "64", "256", "1024", "4096",
+                            "--json", str(out / f"nccl-{shape}-{dtype}-{world}gpu.json"), env={"NCCL_NVLS_ENABLE": "0"})
+
+
 @nox.session(python="3.11")
 def compat_table(session: nox.Session) -> None:
     """Write docs/compatibility.md from the recorded matrix results."""
