@@ -198,6 +198,21 @@ def ep(session: nox.Session) -> None:
                             "--json", str(out / f"nccl-{shape}-{dtype}-{world}gpu.json"), env={"NCCL_NVLS_ENABLE": "0"})
 
 
+@nox.session(python="3.11", tags=["surface"])
+@nox.parametrize("version", ENVS["sglang"]["versions"], ids=ENVS["sglang"]["versions"])
+def surface_sglang(session: nox.Session, version: str) -> None:
+    """moecompat's SGLang adapters against a real installed SGLang release (CPU)."""
+    _surface(session, "sglang", version)
+
+
+for _v in ENVS["sglang"]["ci"]:
+    def _ci_sglang(session: nox.Session, _v: str = _v) -> None:
+        _surface(session, "sglang", _v)
+
+    _ci_sglang.__doc__ = f"CI subset: surface_sglang for {_v}"
+    nox.session(name=f"ci_sglang-{_v}", python="3.11", tags=["ci"])(_ci_sglang)
+
+
 @nox.session(python="3.11")
 def compat_table(session: nox.Session) -> None:
     """Write docs/compatibility.md from the recorded matrix results."""

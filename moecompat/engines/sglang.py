@@ -125,30 +125,31 @@ def _mask_expert_map(topk_weights: torch.Tensor, topk_ids: torch.Tensor, expert_
 def _ensure_server_args() -> None:
     """SGLang's kernels read process-wide ``ServerArgs``; outside a server none are set and the
     kernels raise. Install the defaults (without ``__post_init__``, which would resolve a model
-    path) only when nothing is set, so a running server's own arguments are never replaced."""
+    path) only when nothing is set, so a running server's own arguments are never replaced.
+    Best effort: releases whose server-args module works differently (0.5.23 retired the global
+    accessor) are left alone, and their kernels report what they miss themselves."""
     try:
         from sglang.srt import server_args as sa_mod
-    except ImportError:
+
+        getter = sa_mod.get_global_server_args
+        setter = sa_mod.set_global_server_args_for_scheduler
+        try:
+            if getter() is not None:
+                return
+        except ValueError:  # "Global server args is not set yet!"
+            pass
+        cls = sa_mod.ServerArgs
+        args = object.__new__(cls)
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                setattr(args, f.name, f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                setattr(args, f.name, f.default_factory())
+            else:
+                setattr(args, f.name, None)
+        setter(args)
+    except Exception:  # noqa: BLE001 - best effort, see above
         return
-    getter = getattr(sa_mod, "get_global_server_args", None)
-    setter = getattr(sa_mod, "set_global_server_args_for_scheduler", None)
-    if getter is None or setter is None:
-        return
-    try:
-        if getter() is not None:
-            return
-    except (ValueError, RuntimeError, AttributeError):
-        pass
-    cls = sa_mod.ServerArgs
-    args = cls.__new__(cls)
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            setattr(args, f.name, f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            setattr(args, f.name, f.default_factory())
-        else:
-            setattr(args, f.name, None)
-    setter(args)
 
 
 def _fields(cls: Any) -> frozenset[str]:
@@ -260,6 +261,10 @@ def _build_select(engine: Engine) -> Resolution:
         kw: dict[str, Any] = {"top_k": top_k, "use_grouped_topk": use_grouped, "renormalize": renormalize,
                               "topk_group": topk_group, "num_expert_group": num_expert_group,
                               "correction_bias": bias, "custom_routing_function": custom, "torch_native": native}
+        if bias is not None and "routed_scaling_factor" in cfg_fields:
+            # Biased routing asserts a factor (0.4.x) but applies it only to fused shared experts
+            # or on request; moecompat scales the weights itself, so pass the neutral 1.0.
+            kw["routed_scaling_factor"] = 1.0
         if has_scoring:
             kw["scoring_func"] = scoring.value
         return kw

@@ -488,7 +488,7 @@ def _build_config_file_name(engine: Engine) -> Resolution:
             raise engine.unsupported("separate down-projection configs (down_moe)", detail="an SGLang feature")
         if block_shape and not has_block:
             raise engine.unsupported("block-quantized config names", _range("get_config_file_name: block_shape"))
-        return fn(E, N, dtype_str, list(block_shape)) if has_block else fn(E, N, dtype_str)
+        return fn(E, N, dtype_str, list(block_shape) if block_shape else None) if has_block else fn(E, N, dtype_str)
 
     return engine.ok("get_config_file_name", impl, fn, "block_shape" if has_block else "basic")
 

@@ -49,3 +49,15 @@ def version_in(engine, spec: str) -> bool:
     v = engine.version()
     assert isinstance(v, Version)
     return SpecifierSet(spec).contains(v, prereleases=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run only the chosen engine's surface module (and the shared fact checks)."""
+    name = config.getoption("--engine")
+    if name is None:
+        return
+    other = {"vllm": "sglang", "sglang": "vllm"}.get(name)
+    keep = [i for i in items if f"test_{other}_" not in i.nodeid]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep

@@ -1,0 +1,113 @@
+"""moecompat's SGLang adapters against the real installed SGLang (CPU)."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+
+import pytest
+import torch
+
+import moecompat as mc
+from moecompat import quant
+from moecompat.adapters import REGISTRY
+from moecompat.backends import ENTRY_POINTS
+from tests.engines.conftest import version_in
+
+# SGLang has no public expert-map builder and no MXFP4 oracle in its Triton path.
+UNSUPPORTED = {"make_expert_map", "select_mxfp4_backend", "mxfp4_round_up", "mxfp4_convert"}
+CUDA_ONLY = {"get_moe_configs"}  # reads the CUDA device name
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_adapter_resolves(sglang_engine, entry_point):
+    res = REGISTRY.resolution(entry_point, "sglang")
+    if entry_point in UNSUPPORTED:
+        assert res.status == "unsupported" and isinstance(res.error, mc.UnsupportedFeatureError), res
+    else:
+        assert res.status == "ok", res.detail
+        assert res.resolved and res.resolved.startswith("sglang"), res.resolved
+
+
+def _weights(scheme, opts, e=4, h=64, i=32):
+    torch.manual_seed(0)
+    return quant.quantize_moe_weights(torch.randn(e, 2 * i, h) / 8, torch.randn(e, h, i) / 8, scheme, **opts)
+
+
+CASES = [(None, {}), ("fp8_w8a8", {}), ("fp8_w8a8", {"block_shape": [16, 16]}),
+         ("int8_w8a8", {"per_out_ch_quant": True, "per_act_token_quant": True}), ("int8_w8a16", {}),
+         ("int4_w4a16", {"group_size": 16, "zero_point": True})]
+
+
+@pytest.mark.parametrize(("scheme", "opts"), CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("activation", ["silu", "gelu", "swigluoai"])
+def test_fused_experts_call_binds(sglang_engine, scheme, opts, activation):
+    impl = REGISTRY.impl("fused_experts", "sglang")
+    w1, w2, qc = _weights(scheme, opts)
+    x = torch.randn(3, 64)
+    tw, ti = mc.select_experts(x, torch.randn(3, 4), 2, backend="reference")
+    act = mc.Activation(activation)
+    if act is mc.Activation.SWIGLUOAI and not version_in(sglang_engine, ">=0.5"):
+        with pytest.raises(mc.UnsupportedFeatureError, match="swigluoai"):
+            impl.build_call(x, w1, w2, tw, ti, act, qc, None, 4, False, False)
+        return
+    args, kwargs, _ = impl.build_call(x, w1, w2, tw, ti, act, qc, torch.tensor([0, 1, -1, 2], dtype=torch.int32), 4, False, False)
+    inspect.signature(impl.target).bind(*args, **kwargs)
+    if scheme is not None:
+        assert kwargs[f"use_{scheme}"] is True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_config_dtype_str_equals_engine(sglang_engine, dtype):
+    impl = REGISTRY.resolution("get_config_dtype_str", "sglang")
+    module = impl.resolved.split(":")[0]
+    own = getattr(__import__(module, fromlist=["x"]), "get_config_dtype_str")
+    for fp8, i8, i4 in itertools.product([False, True], repeat=3):
+        assert mc.get_config_dtype_str(dtype, use_fp8_w8a8=fp8, use_int8_w8a16=i8, use_int4_w4a16=i4, backend="sglang") == own(
+            dtype, use_fp8_w8a8=fp8, use_int8_w8a16=i8, use_int4_w4a16=i4)
+
+
+ROUTING = [
+    dict(use_grouped_topk=True, num_expert_group=4, topk_group=2, scoring_func="sigmoid", bias=True, rsf=2.5),
+    dict(use_grouped_topk=True, num_expert_group=4, topk_group=2, scoring_func="softmax", bias=False, rsf=None),
+    dict(use_grouped_topk=False, scoring_func="softmax", bias=False, rsf=None),
+    dict(use_grouped_topk=False, scoring_func="sigmoid", bias=True, rsf=1.5),
+]
+
+
+@pytest.mark.parametrize("case", ROUTING, ids=lambda c: f"grouped={c['use_grouped_topk']}-{c['scoring_func']}-bias={c['bias']}")
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_cpu_routing_agrees_with_reference(sglang_engine, case, renormalize):
+    """SGLang's torch-native top-k paths (what it runs on CPU) agree with the reference."""
+    case = dict(case)
+    g = torch.Generator().manual_seed(2)
+    t, e = 9, 16
+    logits = torch.randn(t, e, generator=g)
+    bias = torch.randn(e, generator=g) * 0.1 if case.pop("bias") else None
+    rsf = case.pop("rsf")
+    kw = dict(case, renormalize=renormalize, e_score_correction_bias=bias, routed_scaling_factor=rsf)
+    ref = mc.select_experts(torch.zeros(t, 8), logits, 3, backend="reference", **kw)
+    got = mc.select_experts(torch.zeros(t, 8), logits, 3, backend="sglang", **kw)
+    assert got.topk_ids.dtype == torch.int32 and got.topk_weights.dtype == torch.float32
+    o1, o2 = got.topk_ids.long().sort(1), ref.topk_ids.long().sort(1)
+    assert torch.equal(o1.values, o2.values)
+    torch.testing.assert_close(got.topk_weights.gather(1, o1.indices), ref.topk_weights.gather(1, o2.indices), rtol=1e-5, atol=1e-6)
+
+
+def test_sigmoid_without_bias_follows_facts(sglang_engine):
+    x, logits = torch.zeros(4, 8), torch.randn(4, 16)
+    if version_in(sglang_engine, sglang_engine.fact("TopKConfig.scoring_func (sigmoid without a bias)").versions):
+        mc.select_experts(x, logits, 2, scoring_func="sigmoid", backend="sglang")
+    else:
+        with pytest.raises(mc.UnsupportedFeatureError, match="sigmoid"):
+            mc.select_experts(x, logits, 2, scoring_func="sigmoid", backend="sglang")
+
+
+def test_seed_0_4_7_calls_have_equivalents(sglang_engine):
+    """The seed's SGLang 0.4.7 usage — select_experts(use_grouped_topk, renormalize, correction_bias)
+    returning 2-D weights/ids — through moecompat on whatever SGLang is installed."""
+    g = torch.Generator().manual_seed(3)
+    hs, logits, bias = torch.randn(5, 8), torch.randn(5, 16, generator=g), torch.randn(16, generator=g) * 0.1
+    w, ids = mc.select_experts(hs, logits, 4, use_grouped_topk=True, renormalize=True, topk_group=2, num_expert_group=4,
+                               scoring_func="sigmoid", e_score_correction_bias=bias, backend="sglang")
+    assert w.shape == ids.shape == (5, 4)
