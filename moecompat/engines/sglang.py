@@ -383,6 +383,8 @@ def _build_get_moe_configs(engine: Engine) -> Resolution:
                          Location(OLD_FM, "get_moe_configs", "<0.5.2")])
     params = inspect.signature(fn).parameters
 
+    _ensure_server_args()  # get_moe_configs reads the deterministic-inference server arg
+
     def impl(E, N, dtype_str, block_shape, per_channel_quant=False):
         getattr(fn, "cache_clear", lambda: None)()
         kw = {"per_channel_quant": per_channel_quant} if "per_channel_quant" in params else {}

@@ -61,7 +61,7 @@ def test_fused_experts_call_binds(sglang_engine, scheme, opts, activation):
 def test_config_dtype_str_equals_engine(sglang_engine, dtype):
     impl = REGISTRY.resolution("get_config_dtype_str", "sglang")
     module = impl.resolved.split(":")[0]
-    own = getattr(__import__(module, fromlist=["x"]), "get_config_dtype_str")
+    own = __import__(module, fromlist=["x"]).get_config_dtype_str
     for fp8, i8, i4 in itertools.product([False, True], repeat=3):
         assert mc.get_config_dtype_str(dtype, use_fp8_w8a8=fp8, use_int8_w8a16=i8, use_int4_w4a16=i4, backend="sglang") == own(
             dtype, use_fp8_w8a8=fp8, use_int8_w8a16=i8, use_int4_w4a16=i4)
