@@ -54,12 +54,20 @@ ENTRY_POINTS = (
     "select_mxfp4_backend",
     "mxfp4_round_up",
     "mxfp4_convert",
+    "ep_moe_layer_class",
 )
 _KNOWN_BACKENDS = ("auto", "reference", *ENGINES)
 
 
 def _reference_quant_config(qc: Any) -> Any:
     return qc
+
+
+def _ref_no_layer(quant_config: Any = None) -> Any:
+    from .errors import UnsupportedFeatureError
+
+    raise UnsupportedFeatureError("reference", None, "an engine MoE layer class",
+                                  detail="the reference backend is functional; use fused_experts(expert_map=...)")
 
 
 _REFERENCE_IMPLS: dict[str, Callable[..., Any]] = {
@@ -76,6 +84,7 @@ _REFERENCE_IMPLS: dict[str, Callable[..., Any]] = {
     "select_mxfp4_backend": _mx._reference_select,
     "mxfp4_round_up": lambda b, h, i: _mx.reference_round_up(b, h, i),
     "mxfp4_convert": _mx._reference_convert,
+    "ep_moe_layer_class": _ref_no_layer,
 }
 
 

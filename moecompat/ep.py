@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["IGNORES_EXPERT_MAP", "supports_expert_map"]
+__all__ = ["IGNORES_EXPERT_MAP", "ep_moe_layer_class", "supports_expert_map"]
 
 #: Experts classes whose ``supports_expert_map()`` returned False in vLLM 0.20-0.22 (they apply no
 #: expert map; after #43108 they silently ignore one).
@@ -38,15 +38,28 @@ def supports_expert_map(experts: Any) -> bool:
             if not supports_expert_map(getattr(experts, sub)):
                 return False
     cls = experts if isinstance(experts, type) else type(experts)
+    # The engine's own answer wins where the class still has the method (before PR #43108):
+    # classes changed over time (e.g. CutlassExpertsFp8 honoured maps in 0.12, not in 0.20).
+    for klass in cls.__mro__:
+        own = klass.__dict__.get("supports_expert_map")
+        if own is not None and not getattr(own, "__isabstractmethod__", False):
+            try:
+                return bool(own(None if isinstance(experts, type) else experts))
+            except (TypeError, AttributeError, NotImplementedError):
+                break
+    # After #43108: the answer the last release with the method (0.22) gave for the class.
     for klass in cls.__mro__:
         if klass.__name__ in HONOURS_EXPERT_MAP:
             return True
         if klass.__name__ in IGNORES_EXPERT_MAP:
             return False
-        own = klass.__dict__.get("supports_expert_map")
-        if own is not None and not getattr(own, "__isabstractmethod__", False):
-            try:
-                return bool(own(experts) if not isinstance(experts, type) else own(None))
-            except (TypeError, AttributeError, NotImplementedError):
-                break
     return True
+
+
+def ep_moe_layer_class(quant_config: Any = None, *, backend: str = "auto") -> Any:
+    """The installed engine's expert-parallel MoE layer class: SGLang's ``EPMoE`` (< 0.5.3) or
+    what ``get_moe_impl_class(quant_config)`` picks (``DeepEPMoE``/``FusedMoE``, 0.5.x); vLLM's
+    ``FusedMoE``. Raises ``UnsupportedFeatureError`` with no engine."""
+    from .backends import get_impl
+
+    return get_impl("ep_moe_layer_class", backend, True)(quant_config)

@@ -413,3 +413,22 @@ def _build_override(engine: Engine) -> Resolution:
             state_mod._config = previous  # type: ignore[attr-defined]
 
     return engine.ok("override_config", impl, fn, "module _config")
+
+
+@ENGINE.adapter("ep_moe_layer_class")
+def _build_ep_layer(engine: Engine) -> Resolution:
+    """The seed's ``EPMoE`` (SGLang 0.4.x) is gone from 0.5.3; its successors are chosen by
+    ``get_moe_impl_class(quant_config)`` (0.5.1+)."""
+    try:
+        loc, fn = engine.find([Location(f"{MOE}.ep_moe.layer", "get_moe_impl_class", ">=0.4.7")])
+    except LookupError:
+        loc, fn = None, None
+    if fn is not None:
+        takes_cfg = bool(inspect.signature(fn).parameters)
+
+        def impl(quant_config: Any = None) -> Any:
+            return fn(quant_config) if takes_cfg else fn()
+
+        return engine.ok("ep_moe_layer_class", impl, fn, "get_moe_impl_class(quant_config)" if takes_cfg else "get_moe_impl_class()")
+    _, cls = engine.find([Location(f"{MOE}.ep_moe.layer", "EPMoE", "<0.5.3")])
+    return engine.ok("ep_moe_layer_class", lambda quant_config=None: cls, cls, "EPMoE")

@@ -37,6 +37,8 @@ FACTS: tuple[VersionFact, ...] = (
     VersionFact("swigluoai activation", ">=0.10", kind="behaviour"),
     VersionFact("Triton kernel ties per-token activation scales to per-channel weight scales", ">=0.6", kind="behaviour"),
     VersionFact("expert_map with dynamic per-tensor w8a8 scales gives NaN rows (moecompat masks instead)", "==0.24.0", kind="behaviour"),
+    VersionFact("FusedMoE layer class in layer.py", "<0.27", f"{FM}.layer:FusedMoE"),
+    VersionFact("FusedMoEFactory in layer.py (replaces the FusedMoE class)", ">=0.27", f"{FM}.layer:FusedMoEFactory"),
     VersionFact("package-level fused_experts is a placeholder without a Triton driver", ">=0.11", kind="behaviour"),
     # quant config ---------------------------------------------------------------------------
     VersionFact("FusedMoEQuantConfig", ">=0.9", f"{FM}.config:FusedMoEQuantConfig"),
@@ -606,3 +608,11 @@ def _build_mxfp4_convert(engine: Engine) -> Resolution:
         return fn(mx.to_engine(backend, enum_cls), layer, w13, w2, s13, s2, b13, b2)
 
     return engine.ok("mxfp4_convert", impl, fn, "convert_weight_to_mxfp4_moe_kernel_format")
+
+
+@ENGINE.adapter("ep_moe_layer_class")
+def _build_ep_layer(engine: Engine) -> Resolution:
+    """vLLM has one MoE layer that handles expert parallelism itself (FusedMoE; built by
+    FusedMoEFactory from 0.27)."""
+    loc, cls = engine.find([Location(f"{FM}.layer", "FusedMoEFactory", ">=0.27"), Location(f"{FM}.layer", "FusedMoE", ">=0.6,<0.27")])
+    return engine.ok("ep_moe_layer_class", lambda quant_config=None: cls, cls, loc.qualname)

@@ -111,3 +111,14 @@ def test_seed_0_4_7_calls_have_equivalents(sglang_engine):
     w, ids = mc.select_experts(hs, logits, 4, use_grouped_topk=True, renormalize=True, topk_group=2, num_expert_group=4,
                                scoring_func="sigmoid", e_score_correction_bias=bias, backend="sglang")
     assert w.shape == ids.shape == (5, 4)
+
+
+def test_ep_layer_factory_answers_the_seeds_epmoe(sglang_engine):
+    from moecompat.ep import ep_moe_layer_class
+
+    cls = ep_moe_layer_class(None, backend="sglang")
+    assert isinstance(cls, type)
+    if version_in(sglang_engine, "<0.5.3"):
+        assert cls.__name__ in ("EPMoE", "DeepEPMoE", "FusedMoE")
+    else:
+        assert cls.__name__ != "EPMoE"
