@@ -148,7 +148,7 @@ def _ensure_server_args() -> None:
             else:
                 setattr(args, f.name, None)
         setter(args)
-    except Exception:  # noqa: BLE001 - best effort, see above
+    except Exception:  # best effort, see above
         return
 
 
@@ -420,9 +420,9 @@ def _build_ep_layer(engine: Engine) -> Resolution:
     """The seed's ``EPMoE`` (SGLang 0.4.x) is gone from 0.5.3; its successors are chosen by
     ``get_moe_impl_class(quant_config)`` (0.5.1+)."""
     try:
-        loc, fn = engine.find([Location(f"{MOE}.ep_moe.layer", "get_moe_impl_class", ">=0.4.7")])
+        _, fn = engine.find([Location(f"{MOE}.ep_moe.layer", "get_moe_impl_class", ">=0.4.7")])
     except LookupError:
-        loc, fn = None, None
+        fn = None
     if fn is not None:
         takes_cfg = bool(inspect.signature(fn).parameters)
 
