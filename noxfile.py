@@ -74,7 +74,7 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "tests/unit", *session.posargs)
 
 
-@nox.session(python="3.11")
+@nox.session(python="3.11", tags=["ci"])
 def lint(session: nox.Session) -> None:
     _install(session, f"torch=={CPU_TORCH}")
     _install(session, "-e", ".[lint]")
