@@ -63,13 +63,6 @@ def _reference_quant_config(qc: Any) -> Any:
     return qc
 
 
-def _ref_no_layer(quant_config: Any = None) -> Any:
-    from .errors import UnsupportedFeatureError
-
-    raise UnsupportedFeatureError("reference", None, "an engine MoE layer class",
-                                  detail="the reference backend is functional; use fused_experts(expert_map=...)")
-
-
 _REFERENCE_IMPLS: dict[str, Callable[..., Any]] = {
     "fused_experts": reference.fused_experts,
     "select_experts": reference.select_experts,
@@ -83,12 +76,23 @@ _REFERENCE_IMPLS: dict[str, Callable[..., Any]] = {
     "override_config": _ref_config.override_config,
     "select_mxfp4_backend": _mx._reference_select,
     "mxfp4_round_up": lambda b, h, i: _mx.reference_round_up(b, h, i),
-    "mxfp4_convert": _mx._reference_convert,
-    "ep_moe_layer_class": _ref_no_layer,
+}
+
+
+#: Entry points with no reference implementation (engine objects), and why.
+_REFERENCE_LACKS = {
+    "mxfp4_convert": "kernel weight formats are an engine's; the reference backend takes plain MXFP4",
+    "ep_moe_layer_class": "the reference backend is functional; use fused_experts(expert_map=...)",
 }
 
 
 def _reference_resolver(entry_point: str) -> Callable[[], Resolution]:
+    if entry_point in _REFERENCE_LACKS:
+        from .errors import UnsupportedFeatureError
+
+        detail = _REFERENCE_LACKS[entry_point]
+        return lambda: Resolution(entry_point, "reference", "unsupported", detail=detail,
+                                  error=UnsupportedFeatureError("reference", None, entry_point, detail=detail))
     fn = _REFERENCE_IMPLS[entry_point]
     name = "moecompat.mxfp4:reference_round_up" if fn.__name__ == "<lambda>" else f"{fn.__module__}:{fn.__qualname__}"
 

@@ -274,13 +274,22 @@ def _round_up(x: int, m: int) -> int:
 
 def reference_round_up(backend: Mxfp4Backend | str, hidden_size: int, intermediate_size: int,
                        rocm: bool = False) -> tuple[int, int]:
-    """Padding each MXFP4 kernel family needs (vLLM oracle rules, 0.20-0.33)."""
+    """Padding each MXFP4 kernel family needs: vLLM 0.33's oracle rules (before 0.28, TRT-LLM
+    padded the intermediate size to 256 instead of 128)."""
     b = Mxfp4Backend(backend)
-    if b is Mxfp4Backend.DEEPGEMM or b in (Mxfp4Backend.FLASHINFER_CUTLASS_BF16, Mxfp4Backend.FLASHINFER_CUTLASS_MXFP8):
+    if b in (Mxfp4Backend.FLASHINFER_EP_CUTEDSL, Mxfp4Backend.FLASHINFER_EP_DEEPGEMM,
+             Mxfp4Backend.B12X_BF16, Mxfp4Backend.B12X_MXFP8):
+        return hidden_size, intermediate_size
+    if b is Mxfp4Backend.EMULATION:
+        return _round_up(hidden_size, MX_BLOCK_SIZE), _round_up(intermediate_size, MX_BLOCK_SIZE)
+    if b in (Mxfp4Backend.DEEPGEMM, Mxfp4Backend.CUTLASS_MXFP4, Mxfp4Backend.FLASHINFER_CUTLASS_BF16,
+             Mxfp4Backend.FLASHINFER_CUTLASS_MXFP8):
         return _round_up(hidden_size, 128), _round_up(intermediate_size, 128)
     if b in (Mxfp4Backend.MARLIN, Mxfp4Backend.BATCHED_MARLIN):
         return _round_up(hidden_size, 256), _round_up(intermediate_size, 128)
-    if b in (Mxfp4Backend.FLASHINFER_TRTLLM_BF16, Mxfp4Backend.FLASHINFER_TRTLLM_MXFP8) or rocm:
+    if b in (Mxfp4Backend.FLASHINFER_TRTLLM_BF16, Mxfp4Backend.FLASHINFER_TRTLLM_MXFP8):
+        return _round_up(hidden_size, 256), _round_up(intermediate_size, 128)
+    if rocm:
         return _round_up(hidden_size, 256), _round_up(intermediate_size, 256)
     if b is Mxfp4Backend.CPU:
         return _round_up(hidden_size, 32), _round_up(intermediate_size, 32)
@@ -326,10 +335,3 @@ def _reference_select(with_lora_support: bool, moe_config: _Any) -> Mxfp4Backend
     rocm = bool(getattr(torch.version, "hip", None))
     return decide_mxfp4_backend(cap, has_flashinfer=importlib.util.find_spec("flashinfer") is not None,  # type: ignore[arg-type]
                                 has_triton_kernels=importlib.util.find_spec("triton_kernels") is not None, rocm=rocm)
-
-
-def _reference_convert(*args: _Any) -> _Any:
-    from .errors import UnsupportedFeatureError
-
-    raise UnsupportedFeatureError("reference", None, "convert_to_kernel_format",
-                                  detail="kernel weight formats are an engine's; the reference backend takes plain MXFP4")

@@ -243,3 +243,22 @@ def test_supports_expert_map_same_before_and_after_pr_43108(vllm_engine, module,
         expected = own(None)  # the engine's own answer, where it still had the method
     assert expected is not None
     assert supports_expert_map(klass) is expected
+
+
+@pytest.mark.parametrize("backend", ["triton", "marlin", "flashinfer_trtllm_bf16", "flashinfer_cutlass_bf16", "deepgemm"])
+def test_mxfp4_round_up_equals_engine_oracle(vllm_engine, backend):
+    """moecompat's documented round-up rules equal vLLM's oracle where it has one (>= 0.19)."""
+    from moecompat import mxfp4
+
+    if not version_in(vllm_engine, ">=0.19"):
+        with pytest.raises(mc.UnsupportedFeatureError):
+            mxfp4.round_up_hidden_and_intermediate(backend, 2880, 2880, engine="vllm")
+        return
+    try:
+        got = mxfp4.round_up_hidden_and_intermediate(backend, 2880, 2880, engine="vllm")
+    except mc.UnsupportedFeatureError:
+        pytest.skip(f"{backend} is not a member of this vLLM's Mxfp4MoeBackend")
+    expected = mxfp4.reference_round_up(backend, 2880, 2880)
+    if backend.startswith("flashinfer_trtllm") and version_in(vllm_engine, "<0.28"):
+        expected = (expected[0], 3072)  # TRT-LLM padded the intermediate size to 256 before 0.28
+    assert got == expected

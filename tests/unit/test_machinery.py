@@ -199,3 +199,13 @@ def test_engine_info_fields():
     assert info.torch is not None and str(info.torch).startswith(torch.__version__.split("+")[0])
     assert info.auto_backend_cpu["fused_experts"] == "reference"
     assert "fused_experts" in info.auto_backend
+
+
+def test_reference_lacks_engine_objects():
+    from moecompat.ep import ep_moe_layer_class
+
+    assert REGISTRY.resolution("ep_moe_layer_class", "reference").status == "unsupported"
+    with pytest.raises(mc.UnsupportedFeatureError, match="functional"):
+        ep_moe_layer_class(backend="reference")
+    with pytest.raises(mc.UnsupportedFeatureError, match="kernel weight formats"):
+        mc.mxfp4.convert_to_kernel_format("triton", None, None, None, None, None, engine="reference")

@@ -1,0 +1,56 @@
+"""MXFP4 backend vocabulary, decision table and round-up rules (no engine)."""
+
+from __future__ import annotations
+
+import enum
+
+import pytest
+
+import moecompat as mc
+from moecompat import mxfp4
+from moecompat.mxfp4 import Mxfp4Backend, decide_mxfp4_backend
+
+
+def test_every_vllm_name_maps_and_round_trips():
+    old = enum.Enum("Mxfp4Backend", ["NONE", "SM100_FI_MXFP4_MXFP8_TRTLLM", "SM100_FI_MXFP4_MXFP8_CUTLASS",
+                                     "SM100_FI_MXFP4_BF16", "SM90_FI_MXFP4_BF16", "MARLIN", "TRITON", "CK"])
+    new = enum.Enum("Mxfp4MoeBackend", ["NONE", "FLASHINFER_TRTLLM_MXFP4_BF16", "FLASHINFER_CUTLASS_MXFP4_BF16", "MARLIN", "TRITON"])
+    assert mxfp4.from_engine(old.SM90_FI_MXFP4_BF16) is Mxfp4Backend.FLASHINFER_CUTLASS_BF16
+    assert mxfp4.from_engine(new.FLASHINFER_CUTLASS_MXFP4_BF16) is Mxfp4Backend.FLASHINFER_CUTLASS_BF16
+    assert mxfp4.from_engine(old.CK) is Mxfp4Backend.ROCM_AITER
+    for member in old:
+        assert mxfp4.to_engine(mxfp4.from_engine(member), old) is member
+    assert mxfp4.to_engine("flashinfer_trtllm_bf16", old) is old.SM100_FI_MXFP4_BF16
+    with pytest.raises(mc.UnsupportedFeatureError, match="Mxfp4MoeBackend"):
+        mxfp4.to_engine(Mxfp4Backend.ROCM_AITER, new)
+    with pytest.raises(mc.InvalidInputError):
+        mxfp4.from_engine("NOT_A_BACKEND")
+
+
+@pytest.mark.parametrize("cap,fi,tk,env,expected", [
+    (None, False, False, {}, Mxfp4Backend.NONE),
+    ((9, 0), False, True, {}, Mxfp4Backend.TRITON),
+    ((9, 0), False, False, {}, Mxfp4Backend.MARLIN),
+    ((9, 0), False, True, {"VLLM_MXFP4_USE_MARLIN": "1"}, Mxfp4Backend.MARLIN),
+    ((9, 0), True, True, {"VLLM_USE_FLASHINFER_MOE_MXFP4_BF16": "1"}, Mxfp4Backend.FLASHINFER_CUTLASS_BF16),
+    ((10, 0), True, True, {}, Mxfp4Backend.FLASHINFER_TRTLLM_BF16),
+    ((10, 0), True, True, {"VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8": "1"}, Mxfp4Backend.FLASHINFER_TRTLLM_MXFP8),
+    ((10, 0), True, True, {"VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8_CUTLASS": "1"}, Mxfp4Backend.FLASHINFER_CUTLASS_MXFP8),
+    ((8, 0), False, True, {}, Mxfp4Backend.MARLIN),
+])
+def test_decision_table(cap, fi, tk, env, expected):
+    assert decide_mxfp4_backend(cap, has_flashinfer=fi, has_triton_kernels=tk, env=env) is expected
+
+
+def test_rocm_decisions():
+    assert decide_mxfp4_backend(None, has_flashinfer=False, has_triton_kernels=False, rocm=True, rocm_aiter_gfx950=True) is Mxfp4Backend.ROCM_AITER
+    assert decide_mxfp4_backend(None, has_flashinfer=False, has_triton_kernels=True, rocm=True) is Mxfp4Backend.TRITON
+
+
+def test_round_up_rules():
+    f = mc.mxfp4.round_up_hidden_and_intermediate
+    assert f("triton", 2880, 2880, engine="reference") == (2880, 2880)
+    assert f("marlin", 2880, 2880, engine="reference") == (3072, 2944)
+    assert f("flashinfer_trtllm_bf16", 2880, 2880, engine="reference") == (3072, 2944)
+    assert f("flashinfer_cutlass_bf16", 2880, 2880, engine="reference") == (2944, 2944)
+    assert mc.mxfp4.select_mxfp4_backend(backend="reference") is Mxfp4Backend.NONE  # no GPU here
