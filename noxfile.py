@@ -101,6 +101,9 @@ def _surface(session: nox.Session, engine: str, version: str) -> None:
         _install(session, "--no-deps", f"{engine}=={v}")
         if group.get("requirements"):
             _install(session, *group["requirements"])
+        pins = ENVS[engine].get("pins", {}).get(v)
+        if pins:
+            _install(session, *pins)
         _install(session, "--no-deps", "-e", ".")
         _install(session, "packaging", "importlib-metadata", "pytest", "hypothesis")
         out = RESULTS / "surface"
