@@ -13,8 +13,26 @@ from packaging.version import InvalidVersion, Version
 from .._metadata import distribution_version
 from ..adapters import Location, Resolution, VersionFact, find_symbol, pick_variant, qualified_name
 from ..errors import EngineImportError, MoECompatError, UnsupportedFeatureError
+from ..vocab import QuantScheme
 
-__all__ = ["Builder", "Engine"]
+__all__ = ["TRITON_SCHEME_FLAGS", "Builder", "Engine", "mask_expert_map"]
+
+def mask_expert_map(topk_weights: Any, topk_ids: Any, expert_map: Any) -> tuple[Any, Any]:
+    """Apply an expert map outside the kernel: local ids, and weight zero for the slots of
+    experts on other ranks (computed on local expert 0, contributing nothing)."""
+    local = expert_map[topk_ids.long()]
+    keep = local >= 0
+    return topk_weights * keep, local.where(keep, 0).to(topk_ids.dtype)
+
+
+#: moecompat scheme -> the ``use_*`` flag of the Triton fused-MoE kernels (vLLM and SGLang).
+TRITON_SCHEME_FLAGS: dict[QuantScheme, str] = {
+    QuantScheme.FP8_W8A8: "use_fp8_w8a8",
+    QuantScheme.INT8_W8A8: "use_int8_w8a8",
+    QuantScheme.INT8_W8A16: "use_int8_w8a16",
+    QuantScheme.INT4_W4A16: "use_int4_w4a16",
+}
+
 
 #: Builds one adapter for an engine; raises UnsupportedFeatureError / LookupError when it can't.
 Builder = Callable[["Engine"], Resolution]
@@ -146,3 +164,4 @@ class Engine:
                 feature, detail=f"{qualified_name(target)} matches no known signature variant ({', '.join(x.name for x in variants)})"
             )
         return v
+

@@ -27,7 +27,7 @@ import torch
 from ..adapters import Location, Resolution, Variant, VersionFact
 from ..quant import QuantConfig
 from ..vocab import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT, Activation, QuantScheme, ScoringFunc, TopK
-from .base import Engine
+from .base import TRITON_SCHEME_FLAGS, Engine, mask_expert_map
 
 MOE = "sglang.srt.layers.moe"
 TOPK = f"{MOE}.topk"
@@ -76,12 +76,7 @@ ENGINE = Engine(
 )
 
 _FE_LOCATIONS = (Location(NEW_FM, "fused_experts", ">=0.5.11"), Location(OLD_FM, "fused_experts", "<0.5.11"))
-_FLAG_FOR_SCHEME = {
-    QuantScheme.FP8_W8A8: "use_fp8_w8a8",
-    QuantScheme.INT8_W8A8: "use_int8_w8a8",
-    QuantScheme.INT8_W8A16: "use_int8_w8a16",
-    QuantScheme.INT4_W4A16: "use_int4_w4a16",
-}
+_FLAG_FOR_SCHEME = TRITON_SCHEME_FLAGS
 
 
 def _flags(qc: QuantConfig) -> dict[str, Any]:
@@ -115,11 +110,6 @@ def _cached_flags(qc: QuantConfig) -> dict[str, Any]:
         hit = qc._engine_cache["sglang"] = _flags(qc)
     return hit
 
-
-def _mask_expert_map(topk_weights: torch.Tensor, topk_ids: torch.Tensor, expert_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    local = expert_map[topk_ids.long()]
-    keep = local >= 0
-    return topk_weights * keep, torch.where(keep, local, 0).to(topk_ids.dtype)
 
 
 def _ensure_server_args() -> None:
@@ -210,7 +200,7 @@ def _build_fused_experts(engine: Engine) -> Resolution:
             raise engine.unsupported("activation 'swigluoai'", ">=0.5")
         kw = dict(_cached_flags(qc))
         if expert_map is not None:
-            topk_weights, topk_ids = _mask_expert_map(topk_weights, topk_ids, expert_map)
+            topk_weights, topk_ids = mask_expert_map(topk_weights, topk_ids, expert_map)
         if MoeRunnerConfig is not None:
             topk_output = StandardTopKOutput(topk_weights, topk_ids, None)
             return (hidden_states, w1, w2, topk_output, runner_config(activation, apply_router_weight_on_input)), kw, inplace

@@ -17,7 +17,7 @@ import torch
 from ..adapters import Location, Resolution, Variant, VersionFact
 from ..quant import QuantConfig
 from ..vocab import Activation, QuantScheme, ScoringFunc, TopK
-from .base import Engine
+from .base import TRITON_SCHEME_FLAGS, Engine, mask_expert_map
 
 FM = "vllm.model_executor.layers.fused_moe"
 FMM = f"{FM}.fused_moe"
@@ -108,12 +108,7 @@ def _not_placeholder(obj: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 # Quant config translation (cached per QuantConfig object; QuantConfig is frozen)
 
-_FLAG_FOR_SCHEME = {
-    QuantScheme.FP8_W8A8: "use_fp8_w8a8",
-    QuantScheme.INT8_W8A8: "use_int8_w8a8",
-    QuantScheme.INT8_W8A16: "use_int8_w8a16",
-    QuantScheme.INT4_W4A16: "use_int4_w4a16",
-}
+_FLAG_FOR_SCHEME = TRITON_SCHEME_FLAGS
 _SCHEME_RANGES = {
     QuantScheme.FP8_W8A8: ">=0.6",
     QuantScheme.INT8_W8A16: ">=0.6",
@@ -255,12 +250,6 @@ _FE_VARIANTS = (
 )
 
 
-def _mask_expert_map(topk_weights: torch.Tensor, topk_ids: torch.Tensor, expert_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For kernels without expert_map: local ids, zero weight for experts not on this rank."""
-    local = expert_map[topk_ids.long()]
-    keep = local >= 0
-    return topk_weights * keep, torch.where(keep, local, 0).to(topk_ids.dtype)
-
 
 @ENGINE.adapter("fused_experts")
 def _build_fused_experts(engine: Engine) -> Resolution:
@@ -300,7 +289,7 @@ def _build_fused_experts(engine: Engine) -> Resolution:
                                                         and not qc.per_act_token_quant)):
             # No expert_map parameter, or dynamic per-tensor w8a8 scales, whose expert-map path
             # returned NaN rows on vLLM 0.24.0 (H100, 257 tokens; tests/gpu): apply the map here.
-            topk_weights, topk_ids = _mask_expert_map(topk_weights, topk_ids, expert_map)
+            topk_weights, topk_ids = mask_expert_map(topk_weights, topk_ids, expert_map)
             expert_map = None
         if apply_router_weight_on_input and not has_on_input:
             raise engine.unsupported("apply_router_weight_on_input", _range("fused_experts: apply_router_weight_on_input"))
