@@ -9,6 +9,7 @@ Adapters never trust a version number to pick a call form: they probe (import, t
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
@@ -34,6 +35,7 @@ FACTS: tuple[VersionFact, ...] = (
     VersionFact("fused_experts: inplace", "<0.23", f"{FMM}:fused_experts", "param", "inplace"),
     VersionFact("MoEActivation enum (activation is no longer a string)", ">=0.17", f"{FM}.activation:MoEActivation"),
     VersionFact("gelu activation", ">=0.8", kind="behaviour"),
+    VersionFact("grouped_topk with a bias: biased weights, groups ranked by max", "<0.7", kind="behaviour"),
     VersionFact("swigluoai activation", ">=0.10", kind="behaviour"),
     VersionFact("Triton kernel ties per-token activation scales to per-channel weight scales", ">=0.6", kind="behaviour"),
     VersionFact("expert_map with dynamic per-tensor w8a8 scales gives NaN rows (moecompat masks instead)", "==0.24.0", kind="behaviour"),
@@ -229,7 +231,9 @@ def _build_make_quant_config(engine: Engine) -> Resolution:
         loc, make = engine.find([Location(f"{FM}.config", "FusedMoEQuantConfig.make", ">=0.9")])
     except LookupError:
         def legacy(qc: QuantConfig) -> dict[str, Any]:
-            from vllm.model_executor.layers.fused_moe import fused_moe as fmm
+            # importlib: in 0.6-0.10 the package re-exports a *function* fused_moe that shadows
+            # the submodule of the same name for attribute-style imports.
+            fmm = importlib.import_module(FMM)
             params = frozenset(inspect.signature(fmm.fused_experts).parameters)
             return _legacy_flags(qc, params)
         return engine.ok("make_quant_config", legacy, f"{FMM}:fused_experts", "legacy-flags")
@@ -352,6 +356,7 @@ def _build_select_experts(engine: Engine) -> Resolution:
     except LookupError:
         cpu_grouped = None
     gparams = frozenset(inspect.signature(grouped_topk).parameters)
+    biased_groups_by_max = engine.fact("grouped_topk with a bias: biased weights, groups ranked by max").holds_for(engine.version())  # type: ignore[arg-type]
     if "scoring_func" not in gparams:
         sig_variant = "grouped_topk(softmax only)"
     elif "routed_scaling_factor" in gparams:
@@ -378,8 +383,11 @@ def _build_select_experts(engine: Engine) -> Resolution:
         groups, tgroup = (num_expert_group, topk_group) if use_grouped else (1, 1)
         if g is grouped_topk and "scoring_func" not in gparams and scoring is not ScoringFunc.SOFTMAX:
             raise engine.unsupported("sigmoid scoring", ">=0.6.5")
-        if bias is not None and g is grouped_topk and "e_score_correction_bias" not in gparams:
-            raise engine.unsupported("e_score_correction_bias", ">=0.7")
+        if bias is not None and g is grouped_topk and (
+                "e_score_correction_bias" not in gparams or biased_groups_by_max):
+            raise engine.unsupported(
+                "e_score_correction_bias with DeepSeek-V3 semantics", ">=0.7",
+                detail="vLLM 0.6 adds the bias to the returned weights and ranks groups by their max")
         kw: dict[str, Any] = {"num_expert_group": groups, "topk_group": tgroup}
         if "scoring_func" in gparams or g is not grouped_topk:
             kw["scoring_func"] = scoring.value
@@ -448,8 +456,11 @@ def _build_dtype_str(engine: Engine) -> Resolution:
 
 @ENGINE.adapter("make_expert_map")
 def _build_expert_map(engine: Engine) -> Resolution:
-    _, fn = engine.find([Location(f"{FM}.expert_map_manager", "determine_expert_map", ">=0.22"),
-                         Location(f"{FM}.layer", "determine_expert_map", ">=0.8,<0.22")])
+    try:
+        _, fn = engine.find([Location(f"{FM}.expert_map_manager", "determine_expert_map", ">=0.22"),
+                             Location(f"{FM}.layer", "determine_expert_map", ">=0.8,<0.22")])
+    except LookupError as exc:
+        raise engine.unsupported("make_expert_map (determine_expert_map)", ">=0.8", detail=str(exc)) from None
     has_strategy = "expert_placement_strategy" in inspect.signature(fn).parameters
 
     def impl(ep_size, ep_rank, global_num_experts, placement):
@@ -518,7 +529,7 @@ def _build_override(engine: Engine) -> Resolution:
     loc, fn = engine.find([Location(FMM, "override_config", ">=0.6"), Location(FM, "override_config", ">=0.6")])
     import contextlib
 
-    import vllm.model_executor.layers.fused_moe.fused_moe as fmm
+    fmm = importlib.import_module(FMM)  # not `import ... as`: the package shadows the submodule
 
     @contextlib.contextmanager
     def impl(config: dict[str, int]):
@@ -529,7 +540,7 @@ def _build_override(engine: Engine) -> Resolution:
             with fn(config):
                 yield
         finally:
-            fmm._config = previous
+            fmm._config = previous  # type: ignore[attr-defined]
 
     return engine.ok("override_config", impl, fn, "module _config")
 

@@ -57,10 +57,13 @@ def test_fused_experts_kwargs_bind(vllm_engine, scheme, opts, use_map):
     x = torch.randn(3, 64)
     tw, ti = mc.select_experts(x, torch.randn(3, 4), 2, backend="reference")
     emap = torch.tensor([0, 1, 2, 3], dtype=torch.int32) if use_map else None
-    if scheme in SCHEME_SINCE and not version_in(vllm_engine, SCHEME_SINCE[scheme]):
+    since = SCHEME_SINCE.get(scheme)
+    if opts.get("per_out_ch_quant"):
+        since = ">=0.8"  # per-channel / per-token w8a8 flags
+    if since and not version_in(vllm_engine, since):
         with pytest.raises(mc.UnsupportedFeatureError) as info:
             impl.build_call(x, w1, w2, tw, ti, mc.Activation.SILU, qc, emap, 4, False, False)
-        assert SCHEME_SINCE[scheme] in str(info.value)
+        assert since in str(info.value)
         return
     args, kwargs, _ = impl.build_call(x, w1, w2, tw, ti, mc.Activation.SILU, qc, emap, 4, False, False)
     bound = inspect.signature(impl.target).bind(*args, **kwargs)
@@ -122,8 +125,9 @@ def test_quant_config_equals_engine_factories(vllm_engine, scheme, opts):
     if not version_in(vllm_engine, ">=0.9"):
         # No FusedMoEQuantConfig yet: moecompat passes legacy keyword flags.
         _, _, qc = _weights(scheme, opts)
-        if scheme in SCHEME_SINCE and not version_in(vllm_engine, SCHEME_SINCE[scheme]):
-            with pytest.raises(mc.UnsupportedFeatureError, match=SCHEME_SINCE[scheme]):
+        since = ">=0.8" if opts.get("per_out_ch_quant") else SCHEME_SINCE.get(scheme)
+        if since and not version_in(vllm_engine, since):
+            with pytest.raises(mc.UnsupportedFeatureError, match=since.replace(".", r"\.")):
                 mc.to_engine_quant_config(qc, backend="vllm")
             return
         flags = mc.to_engine_quant_config(qc, backend="vllm")
@@ -172,8 +176,12 @@ ROUTING_CASES = [
 def test_cpu_routing_agrees_with_reference(vllm_engine, case, renormalize):
     """vLLM's routing code that runs on CPU tensors agrees with the reference backend."""
     case = dict(case)
-    if case["scoring_func"] == "sigmoid" and not version_in(vllm_engine, ">=0.6.5"):
-        pytest.skip("vLLM < 0.6.5 routes with softmax only (fact: grouped_topk scoring_func)")
+    if case["bias"] and version_in(vllm_engine, "<0.7"):
+        # Fact "grouped_topk with a bias: ..." (vLLM 0.6): moecompat refuses instead of differing.
+        with pytest.raises(mc.UnsupportedFeatureError, match="DeepSeek-V3"):
+            mc.select_experts(torch.zeros(4, 8), torch.randn(4, 16), 3, backend="vllm", e_score_correction_bias=torch.zeros(16),
+                              **{k: v for k, v in case.items() if k not in ("bias", "rsf")})
+        return
     g = torch.Generator().manual_seed(1)
     t, e = 9, 16
     logits = torch.randn(t, e, generator=g)
