@@ -42,6 +42,7 @@ def main(results: str, out: str) -> int:
         "Cells: **ok** = the adapter resolves and its surface tests pass against the installed release;",
         "**unsupported** = the release lacks the feature and moecompat raises `UnsupportedFeatureError` naming",
         "the versions that have it; **failed** = resolution or a surface test failed.",
+        "Releases of the matrix (`tests/engines/envs.toml`) without a row have not been run yet.",
         "",
     ]
     for engine in ("vllm", "sglang"):
