@@ -22,7 +22,7 @@ from .quant import (
     expected_weight_scale_shape,
     expected_zp_shape,
     logical_k,
-    weight_storage,
+    weight_dtypes,
 )
 from .vocab import QuantScheme
 
@@ -141,7 +141,7 @@ def _check_weights(
             if w.dtype != act_dtype:
                 raise _fail(name, f"dtype {act_dtype} (the dtype of hidden_states, unquantized weights)", w.dtype)
         else:
-            _, w_dtypes = weight_storage(cfg.scheme, 1, 2)
+            w_dtypes = weight_dtypes(cfg.scheme)
             if w.dtype not in w_dtypes:
                 raise _fail(name, f"dtype {' or '.join(map(str, w_dtypes))} for scheme {cfg.scheme.value}", w.dtype)
     for name, t in (("w1", w1), ("w2", w2)):

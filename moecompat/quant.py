@@ -139,7 +139,7 @@ class MixedQuantConfig:
         return f"w13 {self.w13.describe()} / w2 {self.w2.describe()}"
 
 
-def _one_side(scheme: str | QuantScheme | None, which: int, scale: torch.Tensor | None, zp: torch.Tensor | None,
+def _one_side(scheme: str | QuantScheme | None, scale: torch.Tensor | None, zp: torch.Tensor | None,
               a_scale: torch.Tensor | None, **opts: Any) -> QuantConfig:
     if parse_scheme(scheme) is None:
         return make_quant_config(None)
@@ -157,8 +157,8 @@ def make_mixed_quant_config(
     """A :class:`MixedQuantConfig`, e.g. ``make_mixed_quant_config("fp8_w8a8", "int4_w4a16",
     w13_scale=s13, w2_scale=s2, w2_zp=z2, w2_options={"group_size": 128})``. ``*_options`` are the
     other :func:`make_quant_config` keywords (block_shape, group_size, per-channel flags)."""
-    return MixedQuantConfig(_one_side(w13_scheme, 1, w13_scale, w13_zp, a1_scale, **(w13_options or {})),
-                            _one_side(w2_scheme, 2, w2_scale, w2_zp, a2_scale, **(w2_options or {})))
+    return MixedQuantConfig(_one_side(w13_scheme, w13_scale, w13_zp, a1_scale, **(w13_options or {})),
+                            _one_side(w2_scheme, w2_scale, w2_zp, a2_scale, **(w2_options or {})))
 
 
 #: The unquantized config (bf16/fp16/fp32 weights).
@@ -261,15 +261,15 @@ def _check_tensor(name: str, t: object) -> None:
 # Expected shapes (used by validation and by the reference backend)
 
 
-def weight_storage(scheme: QuantScheme | None, n: int, k: int) -> tuple[tuple[int, int], tuple[torch.dtype, ...]]:
-    """(per-expert weight shape [N, K'], allowed dtypes) of a weight of logical shape [N, K]."""
+def weight_dtypes(scheme: QuantScheme | None) -> tuple[torch.dtype, ...]:
+    """Dtypes a stored weight may have under ``scheme`` (4-bit schemes pack two values per byte)."""
     if scheme is None:
-        return (n, k), (torch.bfloat16, torch.float16, torch.float32)
+        return (torch.bfloat16, torch.float16, torch.float32)
     if scheme is QuantScheme.FP8_W8A8:
-        return (n, k), (FP8_DTYPE,)
+        return (FP8_DTYPE,)
     if scheme in (QuantScheme.INT8_W8A8, QuantScheme.INT8_W8A16):
-        return (n, k), (torch.int8,)
-    return (n, k // 2), (torch.uint8,)
+        return (torch.int8,)
+    return (torch.uint8,)
 
 
 def logical_k(scheme: QuantScheme | None, stored_k: int) -> int:
