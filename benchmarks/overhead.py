@@ -5,7 +5,12 @@ public entry point adds (argument parsing, validation, dispatch). The adapter is
 ways: on the reference backend with a tiny problem, and on a "null" adapter that returns its
 input, which isolates the dispatch cost from kernel-time noise.
 
-    python benchmarks/overhead.py [--calls 100000] [--device cpu|cuda] [--json out.json]
+    python benchmarks/overhead.py [--calls 100000] [--device cpu|cuda] [--no-value-checks] [--json out.json]
+
+On CPU tensors every call also runs the expert-id range check (a host read of ``topk_ids``); on
+CUDA tensors it runs only in debug mode (``moecompat.set_debug(True)``). ``--no-value-checks``
+replaces that check with a no-op for the measurement, so CPU figures measure the same
+metadata-only path as CUDA figures (the default debug setting).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 import torch
 
 import moecompat as mc
+from moecompat import _checks
 from moecompat.adapters import REGISTRY, Resolution
 
 
@@ -38,7 +44,7 @@ def _null_fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, activatio
     return hidden_states
 
 
-def measure(calls: int, device: str) -> dict:
+def measure(calls: int, device: str, value_checks: bool = True) -> dict:
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     t, e, k, h, i = 1, 8, 2, 128, 64
@@ -56,6 +62,19 @@ def measure(calls: int, device: str) -> dict:
     backends._KNOWN_BACKENDS = (*backends._KNOWN_BACKENDS, "null")
 
     results = {}
+    range_check = _checks.check_ids_range
+    if not value_checks:
+        # The metadata-only path: what a CUDA call runs outside debug mode. The stub stands in
+        # for the one value check (expert-id range) that CPU tensors always get.
+        _checks.check_ids_range = lambda name, ids, low, high: None
+    try:
+        _measure_into(results, calls, device, x, w1, w2, tw, ti, qc, act, e)
+    finally:
+        _checks.check_ids_range = range_check
+    return results
+
+
+def _measure_into(results, calls, device, x, w1, w2, tw, ti, qc, act, e) -> None:
     for backend in ("null", "reference"):
         impl = REGISTRY.impl("fused_experts", backend)
         direct = lambda impl=impl: impl(x, w1, w2, tw, ti, act, qc, None, e, False, False)  # noqa: E731
@@ -73,19 +92,23 @@ def measure(calls: int, device: str) -> dict:
     for _ in range(200):
         auto()
     results["auto_public_ns"] = _median_ns(auto, max(calls // 20, 700))
-    return results
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=100_000)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-value-checks", action="store_true",
+                    help="skip the expert-id range check (CPU tensors run it on every call; CUDA "
+                    "tensors only in debug mode), to measure the metadata-only path on CPU")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    res = measure(args.calls, args.device)
+    value_checks = not args.no_value_checks
+    res = measure(args.calls, args.device, value_checks)
     meta = {"python": sys.version.split()[0], "torch": torch.__version__, "device": args.device,
-            "moecompat": mc.__version__}
-    print(f"moecompat {mc.__version__}, torch {torch.__version__}, device {args.device}")
+            "moecompat": mc.__version__, "value_checks": value_checks}
+    print(f"moecompat {mc.__version__}, torch {torch.__version__}, device {args.device}, "
+          f"value checks {'on' if value_checks else 'off'}")
     for b in ("null", "reference"):
         r = res[b]
         print(f"{b:>10}: direct {r['direct_ns'] / 1000:8.2f} us  public {r['public_ns'] / 1000:8.2f} us  "

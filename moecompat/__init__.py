@@ -27,7 +27,15 @@ from .errors import (
     UnsupportedFeatureError,
 )
 from .info import EngineInfo, engine_info
-from .quant import MixedQuantConfig, QuantConfig, make_mixed_quant_config, make_quant_config
+from .quant import (
+    ExpertGroup,
+    MixedQuantConfig,
+    PerExpertQuantConfig,
+    QuantConfig,
+    make_mixed_quant_config,
+    make_per_expert_quant_config,
+    make_quant_config,
+)
 from .tracker import ExpertActivationTracker
 from .vocab import Activation, QuantScheme, ScoringFunc, TopK
 
@@ -36,10 +44,12 @@ __all__ = [
     "EngineImportError",
     "EngineInfo",
     "ExpertActivationTracker",
+    "ExpertGroup",
     "InvalidInputError",
     "MixedQuantConfig",
     "MoECompatError",
     "MoECompatWarning",
+    "PerExpertQuantConfig",
     "QuantConfig",
     "QuantScheme",
     "ScoringFunc",
@@ -52,6 +62,7 @@ __all__ = [
     "get_config_dtype_str",
     "make_expert_map",
     "make_mixed_quant_config",
+    "make_per_expert_quant_config",
     "make_quant_config",
     "moe_align_block_size",
     "mxfp4",

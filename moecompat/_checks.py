@@ -9,6 +9,7 @@ variable ``MOECOMPAT_DEBUG=1``), because they need a device-to-host copy.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import weakref
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from .errors import InvalidInputError
 from .quant import (
     MixedQuantConfig,
+    PerExpertQuantConfig,
     QuantConfig,
     expected_weight_scale_shape,
     expected_zp_shape,
@@ -54,6 +56,20 @@ def _check_same_device(name: str, t: torch.Tensor, ref_name: str, ref: torch.Ten
         raise _fail(name, f"a tensor on {ref.device} (like {ref_name})", f"a tensor on {t.device}")
 
 
+# (low, high) -> frozenset(range(low, high)), for ranges of at most _ID_SET_MAX ids.
+_id_sets: dict[tuple[int, int], frozenset[int]] = {}
+_ID_SET_MAX = 4096
+
+
+def _id_set(low: int, high: int) -> frozenset[int]:
+    s = _id_sets.get((low, high))
+    if s is None:
+        if len(_id_sets) >= 64:
+            _id_sets.clear()
+        s = _id_sets[(low, high)] = frozenset(range(low, high))
+    return s
+
+
 def check_ids_range(name: str, ids: torch.Tensor, low: int, high: int) -> None:
     """Value check ``low <= ids < high`` on CPU tensors, or on CUDA tensors in debug mode."""
     if ids.is_cuda and not _debug:
@@ -63,6 +79,10 @@ def check_ids_range(name: str, ids: torch.Tensor, low: int, high: int) -> None:
         return
     if n <= 64 and ids.dim() == 2:  # decode-sized: host lists are ~10x cheaper than reductions
         rows = ids.tolist()
+        # Membership in the set of valid ids is about half the cost of min() and max() over
+        # the rows; those run only to word the error.
+        if high - low <= _ID_SET_MAX and _id_set(low, high).issuperset(itertools.chain.from_iterable(rows)):
+            return
         lo, hi = min(map(min, rows)), max(map(max, rows))
     else:
         lo_t, hi_t = torch.aminmax(ids)
@@ -79,6 +99,7 @@ class WeightInfo:
     num_local: int
     global_num_experts: int
     device_index: int
+    device: torch.device
 
 
 # id(w1) -> ((weakrefs to w1, w2), quant config, expert map, global_num_experts, dtype, WeightInfo).
@@ -168,7 +189,7 @@ def _check_weights(
         _check_quant(c1, 1, num_local, n1, hidden, ref)
     if c2.scheme is not None:
         _check_quant(c2, 2, num_local, hidden, inter, ref)
-    return WeightInfo(hidden, num_local, global_num_experts, ref.get_device())
+    return WeightInfo(hidden, num_local, global_num_experts, ref.get_device(), ref.device)
 
 
 def check_fused_experts(
@@ -185,32 +206,10 @@ def check_fused_experts(
     """Validate ``fused_experts`` arguments; returns contiguous token tensors and the global
     expert count.
 
-    The common case (valid, dense tensors, weights seen before) is one combined test of about a
-    dozen attribute reads; anything unusual goes to :func:`_check_fused_experts_full`, which
-    raises the precise error or returns the normalised tensors.
+    Every check, with precise errors (:func:`_check_fused_experts_full`). A layer's repeated
+    calls do not come here: :func:`moecompat.api.fused_experts` keeps a plan per weight set and
+    repeats only the token tensors' metadata checks, coming here when anything differs.
     """
-    try:
-        t_tokens, hidden = hidden_states.shape
-        ids_shape = topk_ids.shape
-        dev = hidden_states.get_device()
-        act_dtype = hidden_states.dtype
-    except (AttributeError, ValueError, TypeError):
-        return _check_fused_experts_full(hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace)
-    hit = _weight_cache.get(id(w1))
-    if (
-        hit is not None and hit[1] is qc and hit[2] is expert_map and hit[3] == global_num_experts
-        and hit[4] is act_dtype and hit[0][0]() is w1 and hit[0][1]() is w2
-        and hit[5].hidden == hidden and hit[5].device_index == dev
-        and len(ids_shape) == 2 and ids_shape[0] == t_tokens and topk_weights.shape == ids_shape
-        and topk_ids.dtype in _ID_DTYPES and topk_weights.dtype is torch.float32
-        and topk_ids.get_device() == dev and topk_weights.get_device() == dev
-        and 1 <= ids_shape[1] <= hit[5].global_num_experts
-        and hidden_states.is_contiguous() and topk_ids.is_contiguous() and topk_weights.is_contiguous()
-    ):
-        gne: int = hit[5].global_num_experts
-        if not topk_ids.is_cuda or _debug:
-            check_ids_range("topk_ids", topk_ids, 0, gne)
-        return hidden_states, topk_weights, topk_ids, gne
     return _check_fused_experts_full(hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace)
 
 
@@ -242,8 +241,8 @@ def _check_fused_experts_full(
         raise _fail("hidden_states", "dtype bfloat16, float16 or float32", act_dtype)
     info = _validated_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, hidden_states)
     t_tokens, hidden = hidden_states.shape
-    dev = hidden_states.get_device()
-    if hidden != info.hidden or dev != info.device_index:
+    dev = hidden_states.device
+    if hidden != info.hidden or dev != info.device:
         # Same weights, new hidden size or device: re-validate against this input.
         _weight_cache.pop(id(w1), None)
         info = _validated_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, hidden_states)
@@ -261,10 +260,11 @@ def _check_fused_experts_full(
         raise _fail("topk_ids", "dtype int32 or int64", topk_ids.dtype)
     if not topk_weights.is_floating_point():
         raise _fail("topk_weights", "a floating-point dtype (float32)", topk_weights.dtype)
-    if topk_ids.get_device() != dev:
-        raise _fail("topk_ids", f"a tensor on {hidden_states.device} (like hidden_states)", f"a tensor on {topk_ids.device}")
-    if topk_weights.get_device() != dev:
-        raise _fail("topk_weights", f"a tensor on {hidden_states.device} (like hidden_states)", f"a tensor on {topk_weights.device}")
+    # Device objects, not get_device() indices: those are -1 for both CPU and meta tensors.
+    if topk_ids.device != dev:
+        raise _fail("topk_ids", f"a tensor on {dev} (like hidden_states)", f"a tensor on {topk_ids.device}")
+    if topk_weights.device != dev:
+        raise _fail("topk_weights", f"a tensor on {dev} (like hidden_states)", f"a tensor on {topk_weights.device}")
     gne = info.global_num_experts
     if ids_shape[1] > gne or ids_shape[1] < 1:
         raise _fail("topk_ids", f"between 1 and {gne} columns (top_k <= num_experts)", list(ids_shape))
@@ -369,3 +369,74 @@ def check_select_experts(
         raise _fail("routed_scaling_factor", "a positive number or None", routed_scaling_factor)
     if custom_routing_function is not None and not callable(custom_routing_function):
         raise _fail("custom_routing_function", "a callable (hidden_states, router_logits, top_k, renormalize) -> (weights, ids)", type(custom_routing_function).__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-expert precision (PerExpertQuantConfig); not on the path of plain QuantConfig calls.
+
+
+def _in_group(i: int, exc: InvalidInputError) -> InvalidInputError:
+    """``exc`` about group ``i``'s tensors, renamed ``quant_config.groups[i].<argument>``."""
+    base = f"{exc.argument}: expected {exc.expected}, got {exc.actual}"
+    msg = str(exc)
+    hint = msg[len(base) + 2 : -1] if msg.startswith(base) and len(msg) > len(base) else ""
+    return _fail(f"quant_config.groups[{i}].{exc.argument}", exc.expected, exc.actual, hint)
+
+
+def check_per_expert_fused_experts(
+    hidden_states: torch.Tensor,
+    w1: object,
+    w2: object,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    qc: PerExpertQuantConfig,
+    expert_map: torch.Tensor | None,
+    global_num_experts: int,
+    inplace: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Validate ``fused_experts`` arguments with a :class:`PerExpertQuantConfig`.
+
+    Returns contiguous ``(hidden_states, topk_weights, topk_ids)`` and the per-group expert maps
+    (``[global_num_experts]`` int32 on ``hidden_states``' device). Each group's weights get the
+    checks of a plain call (dtype per scheme, scale and zero-point shapes, hidden size, device),
+    with errors naming ``quant_config.groups[i].<tensor>``. An id routed to no group is an error
+    (``uncovered="error"``) on CPU tensors, and on CUDA tensors in debug mode.
+    """
+    for name, w in (("w1", w1), ("w2", w2)):
+        if w is not None:
+            raise _fail(name, "None with a PerExpertQuantConfig (each ExpertGroup carries its weights)",
+                        f"a {type(w).__name__}")
+    if expert_map is not None:
+        raise _fail("expert_map", "None with a PerExpertQuantConfig (its groups use global expert ids)", "a tensor",
+                    "for expert parallelism list this rank's experts in the groups and pass uncovered='zero'")
+    gne = qc.global_num_experts
+    if global_num_experts not in (-1, gne):
+        raise _fail("global_num_experts", f"-1 or {gne} (quant_config.global_num_experts)", global_num_experts)
+    if not isinstance(hidden_states, torch.Tensor):
+        raise _fail("hidden_states", "a torch.Tensor", type(hidden_states).__name__)
+    if hidden_states.dim() != 2:
+        raise _fail("hidden_states", "a 2-D tensor [num_tokens, hidden]", _shape(hidden_states))
+    act_dtype = hidden_states.dtype
+    if act_dtype not in _FLOAT_ACT:
+        raise _fail("hidden_states", "dtype bfloat16, float16 or float32", act_dtype)
+    maps, covered = qc.expert_maps(hidden_states.device)
+    for i, (g, m) in enumerate(zip(qc.groups, maps, strict=True)):
+        try:
+            info = _validated_weights(g.w1, g.w2, g.quant_config, m, gne, act_dtype, hidden_states)
+            if info.hidden != hidden_states.shape[1] or info.device_index != hidden_states.get_device():
+                _weight_cache.pop(id(g.w1), None)
+                _validated_weights(g.w1, g.w2, g.quant_config, m, gne, act_dtype, hidden_states)
+        except InvalidInputError as exc:
+            raise _in_group(i, exc) from None
+    g0 = qc.groups[0]
+    hidden_states, topk_weights, topk_ids, _ = _check_fused_experts_full(
+        hidden_states, g0.w1, g0.w2, topk_weights, topk_ids, g0.quant_config, maps[0], gne, inplace)
+    if qc.uncovered == "error" and topk_ids.numel() and (not topk_ids.is_cuda or _debug):
+        hit = covered[topk_ids.long()]
+        if not bool(hit.all()):
+            missing = sorted(set(topk_ids[~hit].tolist()))
+            groups = "; ".join(f"groups[{i}]: {g.describe()}" for i, g in enumerate(qc.groups))
+            raise _fail("topk_ids", f"expert ids that belong to a group of quant_config ({groups})",
+                        f"ids {missing} in no group", "pass uncovered='zero' to make_per_expert_quant_config "
+                        "if they are experts of other ranks")
+    return hidden_states, topk_weights, topk_ids, maps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from . import _checks
 from .adapters import REGISTRY
 from .backends import auto_backend, get_impl
 from .errors import InvalidInputError, UnsupportedFeatureError
-from .quant import UNQUANTIZED, MixedQuantConfig, QuantConfig
+from .quant import UNQUANTIZED, MixedQuantConfig, PerExpertQuantConfig, QuantConfig
 from .vocab import (
     Activation,
     BackendName,
@@ -43,15 +44,57 @@ def _impl(entry_point: str, backend: str, on_cuda: bool) -> Callable[..., Any]:
     return fn if fn is not None else get_impl(entry_point, backend, on_cuda)
 
 
+class _FusedPlan:
+    """What one fully validated :func:`fused_experts` call established for its ``(w1, w2,
+    quant_config, expert_map, global_num_experts, activation, backend)`` arguments.
+
+    A layer passes the same weight objects on every call, so after its first call the per-call
+    work is: match those arguments by identity, read the metadata of the three token tensors and
+    compare it with the values recorded here, and call the recorded adapter. Anything that does
+    not match (another weight set, hidden size, dtype or device; a malformed, mistyped or
+    non-contiguous token tensor) takes the full path, :func:`_checks.check_fused_experts`, which
+    raises the precise error or records a new plan. The weights are held by weak reference (a
+    plan never keeps a layer alive, and a reused ``id`` cannot match a dead weight).
+    """
+
+    __slots__ = ("act", "act_dtype", "activation_arg", "backend_arg", "device", "expert_map",
+                 "global_num_experts", "global_num_experts_arg", "hidden", "impl", "impl_key", "on_cuda",
+                 "qc", "quant_config", "w1", "w2")
+
+    w1: weakref.ref[torch.Tensor]
+    w2: weakref.ref[torch.Tensor]
+    quant_config: object
+    expert_map: torch.Tensor | None
+    global_num_experts_arg: int
+    activation_arg: object
+    backend_arg: str
+    act: Activation
+    qc: QuantConfig | MixedQuantConfig
+    hidden: int
+    act_dtype: torch.dtype
+    device: torch.device
+    on_cuda: bool
+    global_num_experts: int
+    impl: Callable[..., Any]
+    impl_key: tuple[str, str]
+
+
+# id(w1) -> the plan of that weight set's latest fully validated call.
+_fused_plans: dict[int, _FusedPlan] = {}
+_FUSED_PLANS_MAX = 4096
+_F32 = torch.float32
+_ID_DTYPES = _checks._ID_DTYPES
+
+
 def fused_experts(
     hidden_states: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
+    w1: torch.Tensor | None,
+    w2: torch.Tensor | None,
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     *,
     activation: str | Activation = "silu",
-    quant_config: QuantConfig | MixedQuantConfig | None = None,
+    quant_config: QuantConfig | MixedQuantConfig | PerExpertQuantConfig | None = None,
     expert_map: torch.Tensor | None = None,
     global_num_experts: int = -1,
     apply_router_weight_on_input: bool = False,
@@ -64,11 +107,14 @@ def fused_experts(
         hidden_states: ``[T, H]`` bf16/fp16/fp32 activations.
         w1: ``[E, 2*I, H]`` gate-and-up projection (gate rows first, then up; interleaved for
             ``"swigluoai"``); quantized layouts in :mod:`moecompat.quant`.
-        w2: ``[E, H, I]`` down projection.
+        w2: ``[E, H, I]`` down projection. ``w1`` and ``w2`` are ``None`` with a
+            :class:`moecompat.PerExpertQuantConfig` (its groups carry their weights).
         topk_weights: ``[T, k]`` float32 router weights.
         topk_ids: ``[T, k]`` int32/int64 *global* expert ids.
         activation: ``"silu"``, ``"gelu"`` or ``"swigluoai"`` (:class:`moecompat.Activation`).
-        quant_config: from :func:`moecompat.make_quant_config`; ``None`` for unquantized weights.
+        quant_config: from :func:`moecompat.make_quant_config`; ``None`` for unquantized weights;
+            :func:`moecompat.make_mixed_quant_config` (per projection, reference backend) or
+            :func:`moecompat.make_per_expert_quant_config` (per expert group).
         expert_map: ``[global_num_experts]`` int32: global id -> local id (index into ``w1``) or
             -1 for experts not on this rank, whose slots contribute zero.
         global_num_experts: total experts across ranks; ``-1`` infers it.
@@ -80,11 +126,55 @@ def fused_experts(
     Returns:
         ``[T, H]`` tensor of ``hidden_states.dtype``: ``sum_k weight * expert(token)``.
     """
+    # Hot path: the weights, quant config, ... were validated by an earlier call (_FusedPlan);
+    # this call's token tensors get the same metadata checks as on the full path (shape, dtype,
+    # device, contiguity), written as one condition over attribute reads compared with the
+    # plan's values. Any mismatch falls through to the full path, which names the argument.
+    plan = _fused_plans.get(id(w1))
+    if (
+        plan is not None and plan.w1() is w1 and plan.w2() is w2 and plan.quant_config is quant_config
+        and plan.expert_map is expert_map and plan.global_num_experts_arg == global_num_experts
+        and plan.activation_arg == activation and plan.backend_arg == backend
+        # Still the registry's adapter: REGISTRY.clear() and backends.reset() empty _fast_impl.
+        and _fast_impl.get(plan.impl_key) is plan.impl
+    ):
+        try:
+            t_tokens, hidden = hidden_states.shape
+            ids_shape = topk_ids.shape
+            rows, top_k = ids_shape
+            dev = plan.device
+            # torch.device equality (type and index), not get_device(): that is -1 for CPU and meta.
+            valid = (
+                hidden == plan.hidden and rows == t_tokens and 1 <= top_k <= plan.global_num_experts
+                and hidden_states.dtype is plan.act_dtype and hidden_states.device == dev
+                and topk_weights.shape == ids_shape and topk_weights.dtype is _F32
+                and topk_ids.dtype in _ID_DTYPES
+                and topk_ids.device == dev and topk_weights.device == dev
+                and hidden_states.is_contiguous() and topk_ids.is_contiguous() and topk_weights.is_contiguous()
+            )
+        except (AttributeError, ValueError, TypeError):  # not tensors or not 2-D: the full path says which
+            valid = False
+        if valid:
+            gne = plan.global_num_experts
+            # Value check: a host read, so CUDA tensors get it only in debug mode (as on the full path).
+            if not plan.on_cuda or _checks._debug:
+                _checks.check_ids_range("topk_ids", topk_ids, 0, gne)
+            if t_tokens == 0:
+                return hidden_states.new_empty((0, hidden))
+            return plan.impl(
+                hidden_states, w1, w2, topk_weights, topk_ids, plan.act, plan.qc, expert_map,
+                gne, apply_router_weight_on_input, inplace,
+            )
+    backend_arg, global_num_experts_arg = backend, global_num_experts
     act = _ACTIVATIONS.get(activation) or parse_activation(activation)
     qc = UNQUANTIZED if quant_config is None else quant_config
     if not isinstance(qc, QuantConfig):
+        if isinstance(qc, PerExpertQuantConfig):
+            return _fused_experts_per_expert(hidden_states, w1, w2, topk_weights, topk_ids, act, qc, expert_map,
+                                             global_num_experts, apply_router_weight_on_input, inplace, backend)
         if not isinstance(qc, MixedQuantConfig):
-            raise InvalidInputError("quant_config", "a moecompat.QuantConfig (see make_quant_config) or None", type(qc).__name__)
+            raise InvalidInputError("quant_config", "a moecompat.QuantConfig (see make_quant_config), MixedQuantConfig, "
+                                    "PerExpertQuantConfig or None", type(qc).__name__)
         chosen = auto_backend("fused_experts", hidden_states.is_cuda)[0] if backend == "auto" else backend
         if chosen != "reference":
             raise UnsupportedFeatureError(
@@ -93,15 +183,44 @@ def fused_experts(
                 "use backend='reference'")
         backend = "reference"
     hidden_states, topk_weights, topk_ids, global_num_experts = _checks.check_fused_experts(
-        hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace
+        hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace  # type: ignore[arg-type]
     )
     if hidden_states.shape[0] == 0:
-        return hidden_states.new_empty((0, w2.shape[1]))
+        return hidden_states.new_empty((0, w2.shape[1]))  # type: ignore[union-attr]
     impl = _impl("fused_experts", backend, hidden_states.is_cuda)
+    _remember_plan(hidden_states, w1, w2, quant_config, expert_map, global_num_experts_arg, activation,
+                   backend_arg, act, qc, global_num_experts, impl, backend)
     return impl(
         hidden_states, w1, w2, topk_weights, topk_ids, act, qc, expert_map,
         global_num_experts, apply_router_weight_on_input, inplace,
     )
+
+
+def _remember_plan(
+    hidden_states: torch.Tensor, w1: Any, w2: Any, quant_config: object, expert_map: torch.Tensor | None,
+    global_num_experts_arg: int, activation: object, backend_arg: str, act: Activation,
+    qc: QuantConfig | MixedQuantConfig, global_num_experts: int, impl: Callable[..., Any], backend: str,
+) -> None:
+    """Record the plan of a call that passed the full checks (see :class:`_FusedPlan`)."""
+    on_cuda = hidden_states.is_cuda
+    chosen = auto_backend("fused_experts", on_cuda)[0] if backend == "auto" else backend
+    impl_key = ("fused_experts", chosen)
+    if _fast_impl.get(impl_key) is not impl:  # not a cached adapter: nothing to validate a plan against
+        return
+    plan = _FusedPlan()
+    try:
+        plan.w1, plan.w2 = weakref.ref(w1), weakref.ref(w2)
+    except TypeError:  # weights that take no weak references: every call takes the full path
+        return
+    plan.quant_config, plan.expert_map = quant_config, expert_map
+    plan.global_num_experts_arg, plan.activation_arg, plan.backend_arg = global_num_experts_arg, activation, backend_arg
+    plan.act, plan.qc, plan.global_num_experts = act, qc, global_num_experts
+    plan.hidden, plan.act_dtype = hidden_states.shape[1], hidden_states.dtype
+    plan.device, plan.on_cuda = hidden_states.device, on_cuda
+    plan.impl, plan.impl_key = impl, impl_key
+    if len(_fused_plans) >= _FUSED_PLANS_MAX:
+        _fused_plans.clear()
+    _fused_plans[id(w1)] = plan
 
 
 def select_experts(
@@ -285,3 +404,57 @@ def to_engine_quant_config(quant_config: QuantConfig | None, *, backend: Backend
     qc = UNQUANTIZED if quant_config is None else quant_config
     impl = _impl("make_quant_config", backend, True)
     return impl(qc)
+
+
+def _fused_experts_per_expert(
+    hidden_states: torch.Tensor,
+    w1: object,
+    w2: object,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    act: Activation,
+    qc: PerExpertQuantConfig,
+    expert_map: torch.Tensor | None,
+    global_num_experts: int,
+    apply_router_weight_on_input: bool,
+    inplace: bool,
+    backend: BackendName,
+) -> torch.Tensor:
+    """:func:`fused_experts` with a :class:`PerExpertQuantConfig`: one call of the backend's
+    fused-experts implementation per group, with an expert map that gives the other groups'
+    experts -1 (zero contribution); the group outputs (``[T, H]``: float32 from the reference,
+    ``hidden_states.dtype`` from an engine kernel) are summed in float32. Engines run each group
+    with their own kernel; reference included, every backend runs this same loop."""
+    hidden_states, topk_weights, topk_ids, maps = _checks.check_per_expert_fused_experts(
+        hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace)
+    chosen = auto_backend("fused_experts", hidden_states.is_cuda)[0] if backend == "auto" else backend
+    if chosen != "reference":
+        for i, g in enumerate(qc.groups):
+            if isinstance(g.quant_config, MixedQuantConfig):
+                raise UnsupportedFeatureError(
+                    chosen, None, f"mixed per-projection precision (MixedQuantConfig) in quant_config.groups[{i}]",
+                    detail="the engines' fused kernels run both GEMMs of a call in one scheme; use backend='reference'")
+    if hidden_states.shape[0] == 0:
+        return hidden_states.new_empty((0, qc.hidden_size))
+    impl = _impl("fused_experts", chosen, hidden_states.is_cuda)
+    # The reference returns each group's float32 sum (no rounding per group); engines' kernels
+    # return hidden_states.dtype.
+    kw: dict[str, Any] = {"out_dtype": torch.float32} if chosen == "reference" else {}
+    gne = qc.global_num_experts
+    total: torch.Tensor | None = None
+    for g, m in zip(qc.groups, maps, strict=True):
+        try:
+            y = impl(hidden_states, g.w1, g.w2, topk_weights, topk_ids, act, g.quant_config, m, gne,
+                     apply_router_weight_on_input, False, **kw)
+        except UnsupportedFeatureError as exc:
+            raise UnsupportedFeatureError(
+                exc.engine, exc.installed, f"per-expert precision (PerExpertQuantConfig), group {g.describe()}",
+                exc.available_in, detail=f"it runs one fused_experts call per group with an expert_map: {exc}",
+                cause=exc.cause) from exc
+        total = y.float() if total is None else total.add_(y)
+    assert total is not None
+    out = total.to(hidden_states.dtype)
+    if inplace:
+        hidden_states.copy_(out)
+        return hidden_states
+    return out

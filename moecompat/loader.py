@@ -31,9 +31,17 @@ import torch
 
 from . import int4 as _int4
 from .errors import InvalidInputError
-from .quant import FP8_DTYPE, MixedQuantConfig, QuantConfig, make_quant_config
+from .quant import (
+    FP8_DTYPE,
+    ExpertGroup,
+    MixedQuantConfig,
+    PerExpertQuantConfig,
+    QuantConfig,
+    make_per_expert_quant_config,
+    make_quant_config,
+)
 
-__all__ = ["PRECISIONS", "load_moe_weights"]
+__all__ = ["PRECISIONS", "load_moe_weights", "load_per_expert_moe_weights"]
 
 PRECISIONS = ("bf16", "fp16", "fp32", "fp8_w8a8", "gptq_int4", "awq_int4")
 _FLOATS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -185,17 +193,72 @@ def load_moe_weights(
         specs = {"w13": dict(m["w13"]), "w2": dict(m["w2"])}
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidInputError("mapping", "num_experts, w13 {precision, gate, up} and w2 {precision, down}", f"missing {exc}") from None
+    _check_precisions(specs, "mapping")
+    return _load_experts(_Checkpoint(checkpoint), list(range(num_experts)), specs, device, dtype)
+
+
+def load_per_expert_moe_weights(
+    checkpoint: str | pathlib.Path,
+    mapping: Mapping[str, Any] | str | pathlib.Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+) -> PerExpertQuantConfig:
+    """Load a MoE layer whose experts have different precisions: a :class:`PerExpertQuantConfig`
+    (pass it to ``fused_experts(x, None, None, ...)``).
+
+    The mapping lists groups of experts, each with the ``w13``/``w2`` entries of
+    :func:`load_moe_weights` (``{expert}`` is the global id)::
+
+        num_experts: 8
+        groups:
+          - experts: [0, 1, 2, 3]
+            w13: {precision: fp8_w8a8, gate: "experts.{expert}.gate_proj", up: "experts.{expert}.up_proj"}
+            w2: {precision: fp8_w8a8, down: "experts.{expert}.down_proj"}
+          - experts: [4, 5, 6, 7]
+            w13: {precision: gptq_int4, gate: ..., up: ..., group_size: 128}
+            w2: {precision: bf16, down: ...}
+
+    Each group's weights are ``[len(experts), ...]`` in the group's order; ids in no group are
+    errors at call time (see :func:`moecompat.make_per_expert_quant_config`).
+    """
+    m = _load_mapping(mapping)
+    try:
+        num_experts = int(m["num_experts"])
+        raw_groups = list(m["groups"])
+        parsed = [(list(g["experts"]), {"w13": dict(g["w13"]), "w2": dict(g["w2"])}) for g in raw_groups]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInputError("mapping", "num_experts and groups [{experts, w13 {precision, gate, up}, w2 {precision, down}}]",
+                                f"missing {exc}") from None
+    for i, (_, specs) in enumerate(parsed):
+        _check_precisions(specs, f"mapping.groups[{i}]")
+    ck = _Checkpoint(checkpoint)
+    groups = []
+    for i, (ids, specs) in enumerate(parsed):
+        if any(not isinstance(e, int) or not 0 <= e < num_experts for e in ids):
+            raise InvalidInputError(f"mapping.groups[{i}].experts", f"expert ids in [0, {num_experts})", ids)
+        w1, w2, qc = _load_experts(ck, ids, specs, device, dtype)
+        groups.append(ExpertGroup(ids, w1, w2, qc))
+    return make_per_expert_quant_config(groups, global_num_experts=num_experts)
+
+
+def _check_precisions(specs: dict[str, dict[str, Any]], where: str) -> None:
     for proj, spec in specs.items():
         if spec.get("precision") not in PRECISIONS:
-            raise InvalidInputError(f"mapping.{proj}.precision", f"one of {', '.join(PRECISIONS)}", repr(spec.get("precision")))
-    ck = _Checkpoint(checkpoint)
+            raise InvalidInputError(f"{where}.{proj}.precision", f"one of {', '.join(PRECISIONS)}", repr(spec.get("precision")))
+
+
+def _load_experts(
+    ck: _Checkpoint, ids: list[int], specs: dict[str, dict[str, Any]], device: str | torch.device, dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, QuantConfig | MixedQuantConfig]:
+    """Stack experts ``ids`` (global ids, substituted for ``{expert}``) in that order."""
     out: dict[str, list[torch.Tensor | None]] = {}
     for proj, spec in specs.items():
         prec = spec["precision"]
         keys = ("gate", "up") if proj == "w13" else ("down",)
         tensors: list[torch.Tensor | None] = [None, None, None]
         first_shapes: list[Any] = []
-        for e in range(num_experts):
+        for j, e in enumerate(ids):
             parts = [_read_linear(ck, prec, str(spec[k]).format(expert=e), spec.get("group_size")) for k in keys]
             w, s, z = _cat_rows(parts, prec) if len(parts) == 2 else parts[0]
             if prec in _FLOATS:
@@ -203,16 +266,16 @@ def load_moe_weights(
             elif prec in ("gptq_int4", "awq_int4") and s is not None:
                 s = s.to(dtype)
             shapes = [None if t is None else tuple(t.shape) for t in (w, s, z)]
-            if e == 0:
+            if j == 0:
                 first_shapes = shapes
                 for i, t in enumerate((w, s, z)):
                     if t is not None:
-                        tensors[i] = torch.empty((num_experts, *t.shape), dtype=t.dtype, device=device)
+                        tensors[i] = torch.empty((len(ids), *t.shape), dtype=t.dtype, device=device)
             elif shapes != first_shapes:
-                raise InvalidInputError(f"{proj} of expert {e}", f"shapes {first_shapes} like expert 0", shapes)
+                raise InvalidInputError(f"{proj} of expert {e}", f"shapes {first_shapes} like expert {ids[0]}", shapes)
             for i, t in enumerate((w, s, z)):
                 if t is not None:
-                    tensors[i][e].copy_(t)  # type: ignore[index]
+                    tensors[i][j].copy_(t)  # type: ignore[index]
             del w, s, z, parts
         out[proj] = tensors
     w1, s1, z1 = out["w13"]

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -38,13 +39,16 @@ __all__ = [
     "FP8_DTYPE",
     "FP8_MAX",
     "INT8_MAX",
+    "ExpertGroup",
     "MixedQuantConfig",
+    "PerExpertQuantConfig",
     "QuantConfig",
     "QuantizedWeights",
     "dequantize_activation",
     "dequantize_weights",
     "fake_quantize_activation",
     "make_mixed_quant_config",
+    "make_per_expert_quant_config",
     "make_quant_config",
     "pack_int4",
     "quantize_activation",
@@ -159,6 +163,187 @@ def make_mixed_quant_config(
     other :func:`make_quant_config` keywords (block_shape, group_size, per-channel flags)."""
     return MixedQuantConfig(_one_side(w13_scheme, w13_scale, w13_zp, a1_scale, **(w13_options or {})),
                             _one_side(w2_scheme, w2_scale, w2_zp, a2_scale, **(w2_options or {})))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ExpertGroup:
+    """Experts that share one precision, with their own stacked weights.
+
+    ``experts``: the *global* expert ids of the group (a list, tuple, ``range`` or 1-D integer
+    tensor; stored as a tuple of ints); ``experts[j]`` is the expert stored at ``w1[j]`` /
+    ``w2[j]``. ``w1 [G, 2*I, H']`` and ``w2 [G, H, I']`` (``G = len(experts)``, ``'``: packed for
+    4-bit schemes) in the layout of ``quant_config`` (see the module doc), whose scales are the
+    group's own (``[G, ...]``). ``quant_config``: a :class:`QuantConfig` or a
+    :class:`MixedQuantConfig` (per-projection precision inside the group).
+    """
+
+    experts: Sequence[int]
+    w1: torch.Tensor
+    w2: torch.Tensor
+    quant_config: QuantConfig | MixedQuantConfig
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "experts", _expert_ids("experts", self.experts))
+
+    def describe(self) -> str:
+        """e.g. ``experts 0-3: fp8_w8a8 per-channel``."""
+        return f"experts {_id_ranges(tuple(self.experts))}: {self.quant_config.describe()}"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PerExpertQuantConfig:
+    """Per-expert precision: groups of experts, each with its own weights and quant config.
+
+    Build it with :func:`make_per_expert_quant_config` and pass it as ``quant_config`` to
+    :func:`moecompat.fused_experts` with ``w1=None, w2=None`` (stacked tensors cannot hold
+    different dtypes per expert, so each :class:`ExpertGroup` carries its weights). The result is
+    the sum over groups of one ``fused_experts`` call per group on the same ``topk_ids``, with an
+    ``expert_map`` that maps the group's global ids to its local weights and every other expert to
+    -1 (zero contribution); the group outputs are summed in float32 and returned in
+    ``hidden_states.dtype`` (the reference backend adds each group's float32 result; an engine's
+    kernel returns each group's in ``hidden_states.dtype``). Engine backends run each group with
+    their own fused kernel; a group with a :class:`MixedQuantConfig` runs on the reference backend
+    only (the engines' kernels run both GEMMs of a call in one scheme).
+    """
+
+    groups: tuple[ExpertGroup, ...]
+    #: Total number of experts (``topk_ids`` values are ``< global_num_experts``).
+    global_num_experts: int
+    #: ``"error"``: an id routed to no group is an ``InvalidInputError`` (checked on CPU tensors,
+    #: and on CUDA tensors in debug mode); ``"zero"``: such experts contribute zero (expert
+    #: parallelism: experts of other ranks).
+    uncovered: Literal["error", "zero"] = "error"
+    #: device -> (per-group expert maps ``[global_num_experts]`` int32, coverage mask
+    #: ``[global_num_experts]`` bool), built once per device.
+    _maps: dict[torch.device, tuple[tuple[torch.Tensor, ...], torch.Tensor]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.groups[0].w2.shape[1])
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return any(g.quant_config.quantizes_activations for g in self.groups)
+
+    def describe(self) -> str:
+        """e.g. ``experts 0-3: fp8_w8a8 per-channel; experts 4-7: int4_w4a16 group 64``."""
+        return "; ".join(g.describe() for g in self.groups)
+
+    def expert_maps(self, device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """``(maps, covered)`` on ``device``: ``maps[i] [global_num_experts]`` int32 maps group
+        ``i``'s global ids to their index in its weights and every other id to -1; ``covered
+        [global_num_experts]`` bool marks ids that belong to some group. Cached per device, so
+        repeated calls pass the same tensors (and hit the validation cache)."""
+        hit = self._maps.get(device)
+        if hit is None:
+            n = self.global_num_experts
+            maps = []
+            covered = torch.zeros(n, dtype=torch.bool)
+            for g in self.groups:
+                m = torch.full((n,), -1, dtype=torch.int32)
+                ids = torch.tensor(g.experts, dtype=torch.long)
+                m[ids] = torch.arange(len(g.experts), dtype=torch.int32)
+                covered[ids] = True
+                maps.append(m.to(device))
+            hit = (tuple(maps), covered.to(device))
+            self._maps[device] = hit
+        return hit
+
+
+def _expert_ids(name: str, experts: object) -> tuple[int, ...]:
+    if isinstance(experts, torch.Tensor):
+        if experts.dim() != 1 or experts.is_floating_point() or experts.is_complex():
+            raise InvalidInputError(name, "a 1-D integer tensor of global expert ids", f"{experts.dtype} {list(experts.shape)}")
+        experts = experts.tolist()
+    if isinstance(experts, (str, bytes)) or not isinstance(experts, (Sequence, range)):
+        raise InvalidInputError(name, "a sequence (list, tuple, range) of global expert ids", type(experts).__name__)
+    ids = tuple(experts)
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
+        raise InvalidInputError(name, "int expert ids", next(type(i).__name__ for i in ids if not isinstance(i, int) or isinstance(i, bool)))
+    if not ids:
+        raise InvalidInputError(name, "at least one expert id", "an empty sequence")
+    if min(ids) < 0:
+        raise InvalidInputError(name, "expert ids >= 0", min(ids))
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InvalidInputError(name, "distinct expert ids", f"expert {dup} listed {ids.count(dup)} times")
+    return ids
+
+
+def _id_ranges(ids: tuple[int, ...]) -> str:
+    """``(0, 1, 2, 3, 6)`` -> ``"0-3, 6"`` (in the given order)."""
+    parts: list[str] = []
+    start = prev = ids[0]
+    for i in (*ids[1:], None):
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ", ".join(parts)
+
+
+def make_per_expert_quant_config(
+    groups: Sequence[ExpertGroup],
+    *,
+    global_num_experts: int | None = None,
+    uncovered: Literal["error", "zero"] = "error",
+) -> PerExpertQuantConfig:
+    """A :class:`PerExpertQuantConfig` from :class:`ExpertGroup` s, e.g. experts 0-3 in fp8 and
+    4-7 in int4::
+
+        w1a, w2a, qa = quantize_moe_weights(w1[:4], w2[:4], "fp8_w8a8", per_out_ch_quant=True)
+        w1b, w2b, qb = quantize_moe_weights(w1[4:], w2[4:], "int4_w4a16", group_size=128)
+        qc = make_per_expert_quant_config([ExpertGroup(range(4), w1a, w2a, qa),
+                                           ExpertGroup(range(4, 8), w1b, w2b, qb)])
+        out = moecompat.fused_experts(x, None, None, topk_weights, topk_ids, quant_config=qc)
+
+    Checks here: groups are disjoint; each group's ``w1``/``w2`` are 3-D with ``len(experts)``
+    experts in dim 0; every group has the same hidden size ``H`` (``w2.shape[1]``) and
+    intermediate size ``I`` (``w1.shape[1] // 2``); ids are ``< global_num_experts`` (default:
+    the largest id + 1). Dtypes and scale shapes of each group against its scheme, and the hidden
+    size against ``hidden_states``, are checked when :func:`moecompat.fused_experts` runs.
+    ``uncovered``: what an id in no group means (see :class:`PerExpertQuantConfig`).
+    """
+    if isinstance(groups, ExpertGroup) or not isinstance(groups, Sequence):
+        raise InvalidInputError("groups", "a sequence of moecompat.ExpertGroup", type(groups).__name__)
+    if not groups:
+        raise InvalidInputError("groups", "at least one ExpertGroup", "an empty sequence")
+    owner: dict[int, int] = {}
+    hidden = inter = -1
+    for i, g in enumerate(groups):
+        name = f"groups[{i}]"
+        if not isinstance(g, ExpertGroup):
+            raise InvalidInputError(name, "a moecompat.ExpertGroup", type(g).__name__)
+        if not isinstance(g.quant_config, (QuantConfig, MixedQuantConfig)):
+            raise InvalidInputError(f"{name}.quant_config", "a QuantConfig or MixedQuantConfig", type(g.quant_config).__name__)
+        for w, t in (("w1", g.w1), ("w2", g.w2)):
+            if not isinstance(t, torch.Tensor):
+                raise InvalidInputError(f"{name}.{w}", "a torch.Tensor", type(t).__name__)
+            if t.dim() != 3 or t.shape[0] != len(g.experts):
+                raise InvalidInputError(
+                    f"{name}.{w}", f"a 3-D tensor with {len(g.experts)} experts in dim 0 (one per id in {name}.experts)", list(t.shape))
+        for e in g.experts:
+            if e in owner:
+                raise InvalidInputError(f"{name}.experts", "expert ids in no other group", f"expert {e}, also in groups[{owner[e]}]")
+            owner[e] = i
+        g_hidden, g_inter = int(g.w2.shape[1]), int(g.w1.shape[1]) // 2
+        if i == 0:
+            hidden, inter = g_hidden, g_inter
+        elif g_hidden != hidden:
+            raise InvalidInputError(f"{name}.w2", f"hidden size {hidden} in dim 1 (like groups[0].w2)", list(g.w2.shape))
+        elif g_inter != inter:
+            raise InvalidInputError(f"{name}.w1", f"2 * intermediate = {2 * inter} in dim 1 (like groups[0].w1)", list(g.w1.shape))
+    top = max(owner) + 1
+    if global_num_experts is None:
+        global_num_experts = top
+    elif not isinstance(global_num_experts, int) or isinstance(global_num_experts, bool) or global_num_experts < top:
+        raise InvalidInputError("global_num_experts", f"an int > every group's expert ids (>= {top})", global_num_experts)
+    if uncovered not in ("error", "zero"):
+        raise InvalidInputError("uncovered", "'error' or 'zero'", repr(uncovered))
+    return PerExpertQuantConfig(tuple(groups), global_num_experts, uncovered)
 
 
 #: The unquantized config (bf16/fp16/fp32 weights).

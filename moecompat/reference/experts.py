@@ -96,20 +96,23 @@ def fused_experts(
     global_num_experts: int,
     apply_router_weight_on_input: bool,
     inplace: bool,
+    *,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Reference MoE expert computation (arguments already validated by moecompat.api).
 
     ``hidden_states [T, H]``, ``w1 [E, 2I, H']``, ``w2 [E, H, I']`` (``'``: packed for 4-bit
     schemes), ``topk_weights [T, k]``, ``topk_ids [T, k]`` global ids; returns ``[T, H]`` of
-    ``hidden_states.dtype`` (written into ``hidden_states`` when ``inplace``).
+    ``hidden_states.dtype`` (written into ``hidden_states`` when ``inplace``). ``out_dtype``
+    (not with ``inplace``): return the float32 sum over ``k`` in this dtype instead, e.g.
+    ``torch.float32`` to add the outputs of several expert groups without rounding each.
     """
     t, h = hidden_states.shape
     k = topk_ids.shape[1]
     num_local = w1.shape[0]
-    out_dtype = hidden_states.dtype
     cfg = quant_config
     c1, c2 = (cfg.for_gemm(1), cfg.for_gemm(2)) if isinstance(cfg, MixedQuantConfig) else (cfg, cfg)
-    compute = torch.float32 if cfg.quantizes_activations else out_dtype
+    compute = torch.float32 if cfg.quantizes_activations else hidden_states.dtype
     w1c = w1 if c1.scheme is None and compute == w1.dtype else dequantize_weights(w1, c1, 1, compute)
     w2c = w2 if c2.scheme is None and compute == w2.dtype else dequantize_weights(w2, c2, 2, compute)
 
@@ -147,7 +150,10 @@ def fused_experts(
     slots[order] = rows
     if not apply_router_weight_on_input:
         slots = slots * slot_weights[:, None]
-    out = slots.view(t, k, h).sum(dim=1).to(out_dtype)
+    out = slots.view(t, k, h).sum(dim=1)
+    if out_dtype is not None and not inplace:
+        return out.to(out_dtype)
+    out = out.to(hidden_states.dtype)
     if inplace:
         hidden_states.copy_(out)
         return hidden_states
