@@ -8,6 +8,7 @@ synchronisation per step; safe inside CUDA-graph capture once the tracker exists
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import pathlib
@@ -170,64 +171,98 @@ class ExpertActivationTracker:
     def record_engine(self, engine: str = "auto") -> Iterator[None]:
         """Record the installed engine's own top-k selection inside the block (a real model run).
 
-        Wraps SGLang's ``topk.select_experts`` or vLLM's routing functions (``fused_topk``,
-        ``grouped_topk``) where its MoE layers look them up; layers are taken in call order,
-        cycling through ``num_layers`` (SGLang passes ``layer_id``, used when given).
+        Wraps the functions through which the engine's MoE layers route, where the layers look
+        them up (see :func:`engine_hook_targets`): vLLM's router base class
+        (``BaseRouter._select_experts``), ``FusedMoE.select_experts`` and its CPU routing
+        ``select_experts``; SGLang's ``topk.select_experts``. Only the outermost hooked call of a
+        routing step is counted, so a hooked function calling another is not counted twice.
+        Layers are taken in call order, cycling through ``num_layers`` (SGLang passes
+        ``layer_id``, used when given). Hooks are process-wide while the block runs.
         """
         from .engines import ENGINES
 
         names = [engine] if engine != "auto" else [n for n, e in ENGINES.items() if e.version() is not None]
         targets: list[tuple[Any, str]] = []
         for name in names:
-            targets += _hook_targets(name)
+            targets += engine_hook_targets(name)
         if not targets:
             raise UnsupportedFeatureError(engine, None, "recording an engine's routing", detail="no installed engine to hook")
         state = {"next": 0}
+        depth = threading.local()
         originals = []
 
         def wrap(fn: Any) -> Any:
+            @functools.wraps(fn)
             def hooked(*args: Any, **kwargs: Any) -> Any:
-                out = fn(*args, **kwargs)
-                ids = getattr(out, "topk_ids", None)
-                if ids is None and isinstance(out, tuple) and len(out) >= 2:
-                    ids = out[1]
-                if isinstance(ids, torch.Tensor):
-                    layer = kwargs.get("layer_id")
-                    if layer is None:
-                        layer = state["next"] % self.num_layers
-                        state["next"] += 1
-                    self.record(int(layer) % self.num_layers, ids)
+                outer = not getattr(depth, "n", 0)
+                depth.n = getattr(depth, "n", 0) + 1
+                try:
+                    out = fn(*args, **kwargs)
+                finally:
+                    depth.n -= 1
+                if outer:
+                    ids = getattr(out, "topk_ids", None)
+                    if ids is None and isinstance(out, tuple) and len(out) >= 2:
+                        ids = out[1]
+                    if isinstance(ids, torch.Tensor):
+                        layer = kwargs.get("layer_id")
+                        if layer is None:
+                            layer = state["next"] % self.num_layers
+                            state["next"] += 1
+                        self.record(int(layer) % self.num_layers, ids)
                 return out
 
-            hooked.__wrapped__ = fn  # type: ignore[attr-defined]
             return hooked
 
         for owner, attr in targets:
-            originals.append((owner, attr, getattr(owner, attr)))
-            setattr(owner, attr, wrap(getattr(owner, attr)))
+            raw = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+            # Keep the descriptor kind: a staticmethod must stay static, a method a method.
+            if isinstance(raw, staticmethod):
+                new: Any = staticmethod(wrap(raw.__func__))
+            elif isinstance(raw, classmethod):
+                new = classmethod(wrap(raw.__func__))
+            else:
+                new = wrap(raw)
+            originals.append((owner, attr, raw))
+            setattr(owner, attr, new)
         try:
             yield
         finally:
-            for owner, attr, fn in reversed(originals):
-                setattr(owner, attr, fn)
+            for owner, attr, raw in reversed(originals):
+                setattr(owner, attr, raw)
 
 
-def _hook_targets(engine: str) -> list[tuple[Any, str]]:
+#: Where each engine's MoE layers look up their routing (module, attribute path), newest first.
+#: Absent ones are skipped, so one list serves every version.
+_HOOKS: dict[str, list[tuple[str, str]]] = {
+    "sglang": [("sglang.srt.layers.moe.topk", "select_experts")],
+    "vllm": [
+        # >= 0.20: every router class routes through this template method.
+        ("vllm.model_executor.layers.fused_moe.router.base_router", "BaseRouter._select_experts"),
+        # < 0.20: the layer's own (static, later instance) method.
+        ("vllm.model_executor.layers.fused_moe.layer", "FusedMoE.select_experts"),
+        # CPU MoE layers call a module-level select_experts (moved twice).
+        ("vllm.model_executor.layers.fused_moe.router.cpu_router", "select_experts"),
+        ("vllm.model_executor.layers.fused_moe.experts.cpu_moe", "select_experts"),
+        ("vllm.model_executor.layers.fused_moe.cpu_fused_moe", "select_experts"),
+    ],
+}
+
+
+def engine_hook_targets(engine: str) -> list[tuple[Any, str]]:
+    """(owner, attribute) pairs that :meth:`ExpertActivationTracker.record_engine` wraps for
+    ``engine`` in the installed version; an owner is a module or a class."""
     import importlib
 
-    candidates = {
-        "sglang": [("sglang.srt.layers.moe.topk", "select_experts")],
-        "vllm": [("vllm.model_executor.layers.fused_moe.router.fused_topk_router", "fused_topk"),
-                 ("vllm.model_executor.layers.fused_moe.router.grouped_topk_router", "grouped_topk"),
-                 ("vllm.model_executor.layers.fused_moe.fused_moe", "fused_topk"),
-                 ("vllm.model_executor.layers.fused_moe.fused_moe", "grouped_topk")],
-    }.get(engine, [])
-    out = []
-    for mod, attr in candidates:
+    out: list[tuple[Any, str]] = []
+    for mod, path in _HOOKS.get(engine, []):
         try:
-            m = importlib.import_module(mod)
+            owner: Any = importlib.import_module(mod)
         except ImportError:
             continue
-        if hasattr(m, attr):
-            out.append((m, attr))
+        *parents, attr = path.split(".")
+        for p in parents:
+            owner = getattr(owner, p, None)
+        if owner is not None and (attr in owner.__dict__ if isinstance(owner, type) else hasattr(owner, attr)):
+            out.append((owner, attr))
     return out

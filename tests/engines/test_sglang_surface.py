@@ -20,9 +20,21 @@ CUDA_ONLY = {"get_moe_configs"}  # reads the CUDA device name
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def _ep_layer_needs_missing_sgl_kernel(engine) -> bool:
+    """Fact EP_LAYER_NEEDS_SGL_KERNEL holds and sgl-kernel (CUDA only) is not installed here."""
+    import importlib.util
+
+    from moecompat.engines.sglang import EP_LAYER_NEEDS_SGL_KERNEL
+
+    return (version_in(engine, engine.fact(EP_LAYER_NEEDS_SGL_KERNEL).versions)
+            and importlib.util.find_spec("sgl_kernel") is None)
+
+
 def test_adapter_resolves(sglang_engine, entry_point):
     res = REGISTRY.resolution(entry_point, "sglang")
-    if entry_point in UNSUPPORTED:
+    if entry_point == "ep_moe_layer_class" and _ep_layer_needs_missing_sgl_kernel(sglang_engine):
+        assert res.status == "unsupported" and "sgl_kernel is not installed" in str(res.error), res
+    elif entry_point in UNSUPPORTED:
         assert res.status == "unsupported" and isinstance(res.error, mc.UnsupportedFeatureError), res
     else:
         assert res.status == "ok", res.detail
@@ -116,9 +128,35 @@ def test_seed_0_4_7_calls_have_equivalents(sglang_engine):
 def test_ep_layer_factory_answers_the_seeds_epmoe(sglang_engine):
     from moecompat.ep import ep_moe_layer_class
 
+    if _ep_layer_needs_missing_sgl_kernel(sglang_engine):
+        with pytest.raises(mc.UnsupportedFeatureError, match="sgl_kernel is not installed"):
+            ep_moe_layer_class(None, backend="sglang")
+        return
     cls = ep_moe_layer_class(None, backend="sglang")
     assert isinstance(cls, type)
     if version_in(sglang_engine, "<0.5.3"):
         assert cls.__name__ in ("EPMoE", "DeepEPMoE", "FusedMoE")
     else:
         assert cls.__name__ != "EPMoE"
+
+
+def test_tracker_records_engine_routing(sglang_engine):
+    """``record_engine`` counts what SGLang's own ``topk.select_experts`` returns, looked up the
+    way its ``TopK`` layer looks it up, and restores the module afterwards."""
+    import importlib
+
+    topk_mod = importlib.import_module("sglang.srt.layers.moe.topk")
+    original = topk_mod.select_experts
+    g = torch.Generator().manual_seed(4)
+    x, logits = torch.zeros(11, 8), torch.randn(11, 16, generator=g)
+    grouped = dict(top_k=3, use_grouped_topk=True, renormalize=True, topk_group=2, num_expert_group=4, torch_native=True)
+    tracker = mc.ExpertActivationTracker(num_layers=2, num_experts=16)
+    with tracker.record_engine("sglang"):
+        if hasattr(topk_mod, "TopKConfig"):
+            out = topk_mod.select_experts(hidden_states=x, router_logits=logits, topk_config=topk_mod.TopKConfig(**grouped))
+            ids = out.topk_ids
+        else:
+            ids = topk_mod.select_experts(hidden_states=x, router_logits=logits, **grouped)[1]
+    assert topk_mod.select_experts is original
+    assert torch.equal(tracker.layer_counts(0), torch.bincount(ids.reshape(-1).long(), minlength=16))
+    assert tracker.layer_counts(1).sum() == 0

@@ -270,3 +270,49 @@ def test_mxfp4_round_up_equals_engine_oracle(vllm_engine, backend):
     if backend.startswith("flashinfer_trtllm") and version_in(vllm_engine, "<0.28"):
         expected = (expected[0], 3072)  # TRT-LLM padded the intermediate size to 256 before 0.28
     assert got == expected
+
+
+def _call_with(fn, **values):
+    """Call ``fn`` with the subset of ``values`` its signature names (engine signatures drift)."""
+    params = inspect.signature(fn).parameters
+    return fn(**{k: v for k, v in values.items() if k in params})
+
+
+def test_tracker_records_engine_routing(vllm_engine):
+    """``record_engine`` counts what vLLM's own routing returns, called the way its MoE layers
+    call it (module/class attribute looked up at call time), and restores the engine afterwards."""
+    import importlib
+
+    from moecompat.tracker import engine_hook_targets
+
+    targets = engine_hook_targets("vllm")
+    assert targets, "no vLLM routing function to hook"
+    before = [(o, a, (o.__dict__ if isinstance(o, type) else vars(o))[a]) for o, a in targets]
+    g = torch.Generator().manual_seed(3)
+    x, logits = torch.zeros(11, 8), torch.randn(11, 16, generator=g)
+    values = dict(hidden_states=x, router_logits=logits, top_k=3, use_grouped_topk=True, renormalize=True,
+                  topk_group=2, num_expert_group=4, scoring_func="softmax", custom_routing_function=None,
+                  e_score_correction_bias=None, routed_scaling_factor=1.0)
+    calls = []
+    layer_mod = importlib.import_module("vllm.model_executor.layers.fused_moe.layer")
+    if isinstance(layer_mod.FusedMoE.__dict__.get("select_experts"), staticmethod):
+        calls.append(lambda: _call_with(layer_mod.FusedMoE.select_experts, **values))
+    for loc in ("router.cpu_router", "experts.cpu_moe", "cpu_fused_moe"):
+        try:
+            mod = importlib.import_module(f"vllm.model_executor.layers.fused_moe.{loc}")
+        except ImportError:
+            continue
+        if hasattr(mod, "select_experts"):
+            calls.append(lambda mod=mod: _call_with(mod.select_experts, **values))
+            break
+    assert calls, "this vLLM has neither a static FusedMoE.select_experts nor a CPU select_experts"
+    tracker = mc.ExpertActivationTracker(num_layers=len(calls), num_experts=16)
+    outs = []
+    with tracker.record_engine("vllm"):
+        for call in calls:
+            outs.append(call())
+    for layer, out in enumerate(outs):
+        ids = out[1]
+        assert torch.equal(tracker.layer_counts(layer), torch.bincount(ids.reshape(-1).long(), minlength=16))
+    after = [(o, a, (o.__dict__ if isinstance(o, type) else vars(o))[a]) for o, a in targets]
+    assert all(b[2] is a[2] for b, a in zip(before, after, strict=True))
