@@ -19,6 +19,7 @@ Semantics moecompat keeps fixed across SGLang versions:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from typing import Any
 
@@ -35,6 +36,8 @@ OLD_FM = f"{MOE}.fused_moe_triton.fused_moe"
 NEW_FM = f"{MOE}.moe_runner.triton_utils.fused_moe"
 OLD_CFG = f"{MOE}.fused_moe_triton.fused_moe_triton_config"
 NEW_CFG = f"{MOE}.moe_runner.triton_utils.fused_moe_triton_config"
+
+EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel on every platform but NPU/HIP"
 
 FACTS: tuple[VersionFact, ...] = (
     VersionFact("select_experts", ">=0.4.7", f"{TOPK}:select_experts"),
@@ -65,6 +68,9 @@ FACTS: tuple[VersionFact, ...] = (
     VersionFact("ExpertDistributionRecorder in managers/", "<0.4.9", "sglang.srt.managers.expert_distribution:ExpertDistributionRecorder"),
     VersionFact("ExpertDistributionRecorder in eplb/", ">=0.4.9", "sglang.srt.eplb.expert_distribution:ExpertDistributionRecorder"),
     VersionFact("sigmoid scoring only with a correction bias (biased_grouped_topk)", "<0.5.6", kind="behaviour"),
+    # `if not (_is_npu or _is_hip): from sgl_kernel import silu_and_mul` at module level: without
+    # sgl-kernel (a CUDA build) the EP layer module does not import at all, e.g. on CPU.
+    VersionFact(EP_LAYER_NEEDS_SGL_KERNEL, ">=0.4.9,<0.5.4", f"{MOE}.ep_moe.layer", kind="behaviour"),
 )
 
 ENGINE = Engine(
@@ -409,6 +415,16 @@ def _build_override(engine: Engine) -> Resolution:
 def _build_ep_layer(engine: Engine) -> Resolution:
     """The seed's ``EPMoE`` (SGLang 0.4.x) is gone from 0.5.3; its successors are chosen by
     ``get_moe_impl_class(quant_config)`` (0.5.1+)."""
+    version = engine.version()
+    if version is not None and engine.fact(EP_LAYER_NEEDS_SGL_KERNEL).holds_for(version):
+        try:
+            importlib.import_module(f"{MOE}.ep_moe.layer")
+        except ModuleNotFoundError as exc:
+            if exc.name != "sgl_kernel":
+                raise
+            raise engine.unsupported(
+                "ep_moe_layer_class", "SGLang 0.4.7, >=0.5.4 on any platform; this release with sgl-kernel installed (CUDA)",
+                detail=f"this release's {EP_LAYER_NEEDS_SGL_KERNEL} and sgl_kernel is not installed") from None
     try:
         _, fn = engine.find([Location(f"{MOE}.ep_moe.layer", "get_moe_impl_class", ">=0.4.7")])
     except LookupError:
