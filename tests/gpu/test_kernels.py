@@ -144,6 +144,28 @@ def test_router_weight_on_input(gpu_engine, record, tokens):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [7, 257])
+def test_per_expert_precision(gpu_engine, record, tokens):
+    """Experts 0-3 in bf16, 4-5 fp8 per-channel, 6-7 int4 (group 128): one engine call per group
+    through its expert-map path, summed; against the reference executing the same groups."""
+    e, _, h, i, _ = SHAPES["mixtral-like"]
+    g = torch.Generator(device="cuda").manual_seed(5)
+    w1 = torch.randn(e, 2 * i, h, device="cuda", generator=g) / h**0.5
+    w2 = torch.randn(e, h, i, device="cuda", generator=g) / i**0.5
+    groups = [mc.ExpertGroup(range(0, 4), w1[:4].bfloat16(), w2[:4].bfloat16(), mc.make_quant_config(None))]
+    for ids, scheme, opts in ((range(4, 6), "fp8_w8a8", {"per_out_ch_quant": True, "per_act_token_quant": True}),
+                              (range(6, 8), "int4_w4a16", {"group_size": 128})):
+        q1, q2, qc = quant.quantize_moe_weights(w1[ids.start:ids.stop], w2[ids.start:ids.stop], scheme, **opts)
+        if scheme == "int4_w4a16":
+            qc = mc.make_quant_config(scheme, w1_scale=qc.w1_scale.bfloat16(), w2_scale=qc.w2_scale.bfloat16(), group_size=128)
+        groups.append(mc.ExpertGroup(ids, q1, q2, qc))
+    pe = mc.make_per_expert_quant_config(groups)
+    x, topk = _routing("mixtral-like", tokens, torch.bfloat16)
+    case = dict(test="per_expert_precision", shape="mixtral-like", scheme="fp8_w8a8", variant="bf16+fp8+int4", tokens=tokens)
+    _compare(record, gpu_engine, case, x, None, None, topk, quant_config=pe)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("tokens", [1, 64, 1024])
 def test_select_experts_matches_reference(gpu_engine, record, grouped, tokens):
