@@ -40,6 +40,7 @@ class ExpertActivationTracker:
             torch.zeros(num_layers, num_experts + 1, dtype=torch.int64, device=device) if device is not None else None
         )
         self._steps = 0
+        self._ones_buf: torch.Tensor | None = None
 
     # -- recording --------------------------------------------------------------------------
     def record(self, layer: int, topk_ids: torch.Tensor) -> None:
@@ -49,16 +50,28 @@ class ExpertActivationTracker:
         if not isinstance(topk_ids, torch.Tensor) or topk_ids.is_floating_point():
             raise InvalidInputError("topk_ids", "an integer tensor [num_tokens, top_k]",
                                     getattr(topk_ids, "dtype", type(topk_ids).__name__))
-        ids = topk_ids.reshape(-1).long()
-        # Out-of-range ids land in the extra last bucket, which queries ignore (no host check).
-        ids = torch.where((ids >= 0) & (ids < self.num_experts), ids, self.num_experts)
+        ids = topk_ids.reshape(-1)
+        if ids.dtype not in (torch.int32, torch.int64):
+            ids = ids.long()
+        # Out-of-range ids land in the extra last bucket E, which queries ignore, without a host
+        # check: clamp to [-1, E], then -1 -> E. Three small kernels per step in all (this runs
+        # on every decode step, where each launch is a visible share of the step).
+        ids = ids.clamp(-1, self.num_experts).remainder_(self.num_experts + 1)
         with self._lock:
             if self.counts is None:
                 self.counts = torch.zeros(self.num_layers, self.num_experts + 1, dtype=torch.int64, device=ids.device)
             elif self.counts.device != ids.device:
                 ids = ids.to(self.counts.device)
-            self.counts[layer].index_add_(0, ids, torch.ones_like(ids))
+            self.counts[layer].index_add_(0, ids, self._ones(ids.numel()))
             self._steps += 1
+
+    def _ones(self, n: int) -> torch.Tensor:
+        """``n`` int64 ones on the counts' device: a view of a buffer kept between steps."""
+        assert self.counts is not None
+        buf = self._ones_buf
+        if buf is None or buf.numel() < n or buf.device != self.counts.device:
+            buf = self._ones_buf = torch.ones(max(n, 1024), dtype=torch.int64, device=self.counts.device)
+        return buf[:n]
 
     def reset(self) -> None:
         with self._lock:

@@ -98,3 +98,13 @@ def test_record_engine_without_engine_raises():
     t = mc.ExpertActivationTracker(1, 4)
     with pytest.raises(mc.UnsupportedFeatureError), t.record_engine():
         pass
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.int16])
+def test_out_of_range_ids_are_ignored(dtype):
+    t = mc.ExpertActivationTracker(2, 4)
+    t.record(1, torch.tensor([[-3, -1], [0, 3], [4, 9], [3, 3]], dtype=dtype))
+    assert t.layer_counts(1).tolist() == [1, 0, 0, 3]
+    assert t.layer_counts(0).tolist() == [0, 0, 0, 0]
+    t.record(1, torch.arange(-2, 3000, dtype=dtype).reshape(-1, 2))  # grows the ones buffer
+    assert t.layer_counts(1).tolist() == [2, 1, 1, 4]
