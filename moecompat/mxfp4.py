@@ -274,7 +274,7 @@ def _round_up(x: int, m: int) -> int:
 
 def reference_round_up(backend: Mxfp4Backend | str, hidden_size: int, intermediate_size: int,
                        rocm: bool = False) -> tuple[int, int]:
-    """Padding each MXFP4 kernel family needs: vLLM 0.33's oracle rules (before 0.28, TRT-LLM
+    """Padding each MXFP4 kernel family needs: vLLM 0.33's oracle rules (before 0.27, TRT-LLM
     padded the intermediate size to 256 instead of 128)."""
     b = Mxfp4Backend(backend)
     if b in (Mxfp4Backend.FLASHINFER_EP_CUTEDSL, Mxfp4Backend.FLASHINFER_EP_DEEPGEMM,

@@ -82,6 +82,8 @@ FACTS: tuple[VersionFact, ...] = (
     VersionFact("get_mxfp4_backend(with_lora_support)", ">=0.11,<0.19", "vllm.model_executor.layers.quantization.mxfp4:get_mxfp4_backend", "param", "with_lora_support"),
     VersionFact("MXFP4 oracle: Mxfp4MoeBackend", ">=0.19", f"{FM}.oracle.mxfp4:Mxfp4MoeBackend"),
     VersionFact("MXFP4 oracle: select_mxfp4_moe_backend", ">=0.19", f"{FM}.oracle.mxfp4:select_mxfp4_moe_backend"),
+    VersionFact("MXFP4 oracle: convert_to_mxfp4_moe_kernel_format (gpt-oss layout)", ">=0.19,<0.20", f"{FM}.oracle.mxfp4:convert_to_mxfp4_moe_kernel_format"),
+    VersionFact("MXFP4 oracle: convert_gpt_oss_weight_to_mxfp4_moe_kernel_format", ">=0.20", f"{FM}.oracle.mxfp4:convert_gpt_oss_weight_to_mxfp4_moe_kernel_format"),
     VersionFact("select_mxfp4_moe_backend(config, activation_key)", ">=0.21", f"{FM}.oracle.mxfp4:select_mxfp4_moe_backend", "param", "activation_key"),
     VersionFact("mxfp4_round_up_hidden_size_and_intermediate_size(..., activation)", ">=0.28", f"{FM}.oracle.mxfp4:mxfp4_round_up_hidden_size_and_intermediate_size", "param", "activation"),
     VersionFact("FusedMoEPermuteExpertsUnpermute.supports_expert_map", ">=0.9,<0.17", f"{FM}.modular_kernel:FusedMoEPermuteExpertsUnpermute.supports_expert_map"),
@@ -601,13 +603,17 @@ def _build_mxfp4_round_up(engine: Engine) -> Resolution:
 def _build_mxfp4_convert(engine: Engine) -> Resolution:
     from .. import mxfp4 as mx
 
-    _, fn = engine.find([Location(f"{FM}.oracle.mxfp4", "convert_weight_to_mxfp4_moe_kernel_format", ">=0.19")])
+    # moecompat's MXFP4 layout is gpt-oss's (w13 rows gate/up interleaved for swigluoai): its
+    # converter, not the generic convert_weight_to_mxfp4_moe_kernel_format of >= 0.20, which
+    # expects another checkpoint layout (checked on an H100: benchmarks/mxfp4_gpu.py).
+    loc, fn = engine.find([Location(f"{FM}.oracle.mxfp4", "convert_gpt_oss_weight_to_mxfp4_moe_kernel_format", ">=0.20"),
+                           Location(f"{FM}.oracle.mxfp4", "convert_to_mxfp4_moe_kernel_format", ">=0.19,<0.20")])
     _, enum_cls = engine.find(_MX_ENUMS)
 
     def impl(backend, layer, w13, w2, s13, s2, b13, b2):
         return fn(mx.to_engine(backend, enum_cls), layer, w13, w2, s13, s2, b13, b2)
 
-    return engine.ok("mxfp4_convert", impl, fn, "convert_weight_to_mxfp4_moe_kernel_format")
+    return engine.ok("mxfp4_convert", impl, fn, loc.qualname)
 
 
 @ENGINE.adapter("ep_moe_layer_class")

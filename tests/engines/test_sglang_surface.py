@@ -19,7 +19,6 @@ UNSUPPORTED = {"make_expert_map", "select_mxfp4_backend", "mxfp4_round_up", "mxf
 CUDA_ONLY = {"get_moe_configs"}  # reads the CUDA device name
 
 
-@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
 def _ep_layer_needs_missing_sgl_kernel(engine) -> bool:
     """Fact EP_LAYER_NEEDS_SGL_KERNEL holds and sgl-kernel (CUDA only) is not installed here."""
     import importlib.util
@@ -30,6 +29,7 @@ def _ep_layer_needs_missing_sgl_kernel(engine) -> bool:
             and importlib.util.find_spec("sgl_kernel") is None)
 
 
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
 def test_adapter_resolves(sglang_engine, entry_point):
     res = REGISTRY.resolution(entry_point, "sglang")
     if entry_point == "ep_moe_layer_class" and _ep_layer_needs_missing_sgl_kernel(sglang_engine):

@@ -248,7 +248,11 @@ def test_supports_expert_map_same_before_and_after_pr_43108(vllm_engine, module,
         pytest.skip(f"{module}.{cls} is not in vllm {vllm_engine.version()} or needs CUDA libraries to import")
     own = klass.__dict__.get("supports_expert_map")
     if own is not None and version_in(vllm_engine, "<0.23"):
-        expected = own(None)  # the engine's own answer, where it still had the method
+        try:
+            expected = own(None)  # the engine's own answer, where it still had the method
+        except AttributeError:
+            pytest.skip(f"{cls}.supports_expert_map reads instance state in vllm {vllm_engine.version()}: "
+                        "no class-level answer to compare with")
     assert expected is not None
     assert supports_expert_map(klass) is expected
 
@@ -267,8 +271,8 @@ def test_mxfp4_round_up_equals_engine_oracle(vllm_engine, backend):
     except mc.UnsupportedFeatureError:
         pytest.skip(f"{backend} is not a member of this vLLM's Mxfp4MoeBackend")
     expected = mxfp4.reference_round_up(backend, 2880, 2880)
-    if backend.startswith("flashinfer_trtllm") and version_in(vllm_engine, "<0.28"):
-        expected = (expected[0], 3072)  # TRT-LLM padded the intermediate size to 256 before 0.28
+    if backend.startswith("flashinfer_trtllm") and version_in(vllm_engine, "<0.27"):
+        expected = (expected[0], 3072)  # TRT-LLM padded the intermediate size to 256 before 0.27
     assert got == expected
 
 
@@ -295,8 +299,9 @@ def test_tracker_records_engine_routing(vllm_engine):
                   e_score_correction_bias=None, routed_scaling_factor=1.0)
     calls = []
     layer_mod = importlib.import_module("vllm.model_executor.layers.fused_moe.layer")
-    if isinstance(layer_mod.FusedMoE.__dict__.get("select_experts"), staticmethod):
-        calls.append(lambda: _call_with(layer_mod.FusedMoE.select_experts, **values))
+    fused_moe_cls = getattr(layer_mod, "FusedMoE", None)  # >= 0.27: built by FusedMoEFactory elsewhere
+    if fused_moe_cls is not None and isinstance(fused_moe_cls.__dict__.get("select_experts"), staticmethod):
+        calls.append(lambda: _call_with(fused_moe_cls.select_experts, **values))
     for loc in ("router.cpu_router", "experts.cpu_moe", "cpu_fused_moe"):
         try:
             mod = importlib.import_module(f"vllm.model_executor.layers.fused_moe.{loc}")
