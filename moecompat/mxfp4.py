@@ -52,6 +52,18 @@ def e2m1_to_float(codes: torch.Tensor) -> torch.Tensor:
     return E2M1_VALUES.to(codes.device)[codes.long()]
 
 
+_PAIR_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def _pair_table(device: torch.device) -> torch.Tensor:
+    """``[256, 2]`` float32: the (low nibble, high nibble) values of every packed byte."""
+    table = _PAIR_TABLES.get(device)
+    if table is None:
+        b = torch.arange(256)
+        table = _PAIR_TABLES[device] = torch.stack([E2M1_VALUES[b & 0x0F], E2M1_VALUES[b >> 4]], dim=-1).to(device)
+    return table
+
+
 def float_to_e2m1(x: torch.Tensor) -> torch.Tensor:
     """Encode float values (already divided by their scale) as e2m1 codes (uint8 0..15).
 
@@ -124,7 +136,10 @@ def dequantize_mxfp4(
     packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """Inverse of :func:`quantize_mxfp4`: ``packed [..., K//2]``, ``scales [..., K//32]`` -> ``[..., K]``."""
-    values = e2m1_to_float(unpack_e2m1(packed))
+    # Decode both nibbles of each byte with one 256-entry table lookup (int32 index): no
+    # unpacked uint8 copy and no int64 index tensor, which dominated memory on large experts.
+    pairs = torch.index_select(_pair_table(packed.device), 0, packed.reshape(-1).to(torch.int32))
+    values = pairs.reshape(*packed.shape[:-1], packed.shape[-1] * 2)
     k = values.shape[-1]
     if scales.shape[-1] * MX_BLOCK_SIZE != k:
         raise InvalidInputError(
