@@ -19,33 +19,10 @@ import sys
 import time
 
 import torch
+from _timing import graph_ms
 
 import moecompat as mc
 from moecompat.adapters import REGISTRY
-
-
-def _graph_time_ms(fn, iters=50):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(5):
-        g.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(10):
-        start.record()
-        for _ in range(iters):
-            g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / iters)
-    return statistics.median(times)
 
 
 def _host_us(fn, calls=2000, repeats=7):
@@ -99,8 +76,8 @@ def main(argv=None):
         "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "tokens": args.tokens,
-        "kernel_ms_direct": _graph_time_ms(direct),
-        "kernel_ms_moecompat": _graph_time_ms(public),
+        "kernel_ms_direct": graph_ms(direct),
+        "kernel_ms_moecompat": graph_ms(public),
     }
     h_direct = _host_us(direct, calls=500)
     h_public = _host_us(public, calls=500)

@@ -21,32 +21,9 @@ import sys
 import time
 
 import torch
+from _timing import graph_ms
 
 import moecompat as mc
-
-
-def _graph_ms(fn, iters=100, repeats=10):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(10):
-        g.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        start.record()
-        for _ in range(iters):
-            g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / iters)
-    return statistics.median(times)
 
 
 def _eager_ms(fn, iters=200, repeats=7):
@@ -94,7 +71,7 @@ def main(argv=None):
         torch.testing.assert_close(tracked(), plain(), rtol=0, atol=0)
         row = {"tokens": m}
         for name, fn in (("plain", plain), ("tracked", tracked)):
-            row[f"graph_ms_{name}"] = _graph_ms(fn)
+            row[f"graph_ms_{name}"] = graph_ms(fn, iters=100)
             row[f"eager_ms_{name}"] = _eager_ms(fn)
         row["graph_overhead_pct"] = 100 * (row["graph_ms_tracked"] / row["graph_ms_plain"] - 1)
         row["eager_overhead_pct"] = 100 * (row["eager_ms_tracked"] / row["eager_ms_plain"] - 1)

@@ -109,6 +109,17 @@ _weight_cache: dict[int, tuple[Any, ...]] = {}
 _WEIGHT_CACHE_MAX = 4096
 
 
+def _activation_dtype(hidden_states: Any) -> torch.dtype:
+    """``hidden_states``' dtype after checking it is a 2-D float tensor ``[num_tokens, hidden]``."""
+    if not isinstance(hidden_states, torch.Tensor):
+        raise _fail("hidden_states", "a torch.Tensor", type(hidden_states).__name__)
+    if hidden_states.dim() != 2:
+        raise _fail("hidden_states", "a 2-D tensor [num_tokens, hidden]", _shape(hidden_states))
+    if hidden_states.dtype not in _FLOAT_ACT:
+        raise _fail("hidden_states", "dtype bfloat16, float16 or float32", hidden_states.dtype)
+    return hidden_states.dtype
+
+
 def _validated_weights(
     w1: torch.Tensor, w2: torch.Tensor, qc: QuantConfig | MixedQuantConfig, expert_map: torch.Tensor | None,
     global_num_experts: int, act_dtype: torch.dtype, ref: torch.Tensor,
@@ -232,13 +243,7 @@ def _check_fused_experts_full(
     hidden cost. The weights' checks run once per weight set (see :data:`_weight_cache`); the
     per-token tensors are checked on every call.
     """
-    if not isinstance(hidden_states, torch.Tensor):
-        raise _fail("hidden_states", "a torch.Tensor", type(hidden_states).__name__)
-    if hidden_states.dim() != 2:
-        raise _fail("hidden_states", "a 2-D tensor [num_tokens, hidden]", _shape(hidden_states))
-    act_dtype = hidden_states.dtype
-    if act_dtype not in _FLOAT_ACT:
-        raise _fail("hidden_states", "dtype bfloat16, float16 or float32", act_dtype)
+    act_dtype = _activation_dtype(hidden_states)
     info = _validated_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, hidden_states)
     t_tokens, hidden = hidden_states.shape
     dev = hidden_states.device
@@ -412,13 +417,7 @@ def check_per_expert_fused_experts(
     gne = qc.global_num_experts
     if global_num_experts not in (-1, gne):
         raise _fail("global_num_experts", f"-1 or {gne} (quant_config.global_num_experts)", global_num_experts)
-    if not isinstance(hidden_states, torch.Tensor):
-        raise _fail("hidden_states", "a torch.Tensor", type(hidden_states).__name__)
-    if hidden_states.dim() != 2:
-        raise _fail("hidden_states", "a 2-D tensor [num_tokens, hidden]", _shape(hidden_states))
-    act_dtype = hidden_states.dtype
-    if act_dtype not in _FLOAT_ACT:
-        raise _fail("hidden_states", "dtype bfloat16, float16 or float32", act_dtype)
+    act_dtype = _activation_dtype(hidden_states)
     maps, covered = qc.expert_maps(hidden_states.device)
     for i, (g, m) in enumerate(zip(qc.groups, maps, strict=True)):
         try:
