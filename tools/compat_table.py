@@ -14,6 +14,19 @@ from packaging.version import Version
 
 ENTRY_POINTS = ["fused_experts", "select_experts", "moe_align_block_size", "get_config_dtype_str",
                 "make_quant_config", "make_expert_map"]
+#: Releases the CPU matrix cannot run, and why (kept with the generator so the page says it).
+EXCLUDED = {
+    "sglang": (
+        "Not in the CPU matrix: SGLang 0.4.8.post1, 0.4.9.post6, 0.4.10.post2, 0.5.1.post3, 0.5.2 and "
+        "0.5.4-0.5.10. 0.4.9, 0.5.2 and 0.5.4-0.5.10 import `sgl_kernel` unconditionally on the MoE import "
+        "chain, and sgl-kernel's `common_ops` needs the NVIDIA driver library (`libcuda.so.1`), which no "
+        "package provides on a GPU-less machine; 0.4.8-0.5.1 call `torch._C._cpu._is_amx_tile_supported` "
+        "at import, a private binding torch 2.13/2.14 no longer has (their own torch pins are CUDA builds "
+        "not on this machine's disk). Running them would need a stub or a patched torch, i.e. not the real "
+        "package. They were not run on the GPU here either: they pin other torch releases than the GPU "
+        "machine's 2.11."
+    ),
+}
 MARK = {"ok": "ok", "unsupported": "unsupported", "error": "failed", "failed": "failed"}
 
 
@@ -58,6 +71,14 @@ def main(results: str, out: str) -> int:
             lines.append(f"| {r['version']} | {r['torch']} | " + " | ".join(cells) + f" | {tests} | "
                          f"{gpu_by.get((engine, r['version']), 'not run')} | {r['date']} |")
         lines.append("")
+        cpu_versions = {r["version"] for r in rows}
+        gpu_only = sorted((v for (e, v) in gpu_by if e == engine and v not in cpu_versions), key=Version)
+        if gpu_only:
+            lines.append("GPU runs of releases without a CPU row (the CPU matrix runs each minor's latest "
+                         "post-release): " + "; ".join(f"{v}: {gpu_by[(engine, v)]}" for v in gpu_only) + ".")
+            lines.append("")
+        if EXCLUDED.get(engine):
+            lines += [EXCLUDED[engine], ""]
     pathlib.Path(out).write_text("\n".join(lines) + "\n")
     print(f"wrote {out} ({len(surface)} surface runs, {len(gpu)} GPU runs)")
     return 0
