@@ -127,15 +127,6 @@ def surface_vllm(session: nox.Session, version: str) -> None:
     _surface(session, "vllm", version)
 
 
-for _v in ENVS["vllm"]["ci"]:
-    # CI subset: the same session body under a ci-tagged name.
-    def _ci(session: nox.Session, _v: str = _v) -> None:
-        _surface(session, "vllm", _v)
-
-    _ci.__doc__ = f"CI subset: surface_vllm for {_v}"
-    nox.session(name=f"ci_vllm-{_v}", python="3.11", tags=["ci"])(_ci)
-
-
 GPU_VERSIONS = {"vllm": ENVS["vllm"].get("gpu", []), "sglang": ENVS.get("sglang", {}).get("gpu", [])}
 
 
@@ -208,12 +199,15 @@ def surface_sglang(session: nox.Session, version: str) -> None:
     _surface(session, "sglang", version)
 
 
-for _v in ENVS["sglang"]["ci"]:
-    def _ci_sglang(session: nox.Session, _v: str = _v) -> None:
-        _surface(session, "sglang", _v)
+# CI subset: the surface session body under ci-tagged names, for the versions each engine's
+# table lists under `ci`.
+for _engine in ("vllm", "sglang"):
+    for _v in ENVS[_engine]["ci"]:
+        def _ci(session: nox.Session, _engine: str = _engine, _v: str = _v) -> None:
+            _surface(session, _engine, _v)
 
-    _ci_sglang.__doc__ = f"CI subset: surface_sglang for {_v}"
-    nox.session(name=f"ci_sglang-{_v}", python="3.11", tags=["ci"])(_ci_sglang)
+        _ci.__doc__ = f"CI subset: surface_{_engine} for {_v}"
+        nox.session(name=f"ci_{_engine}-{_v}", python="3.11", tags=["ci"])(_ci)
 
 
 @nox.session(python="3.11")

@@ -61,3 +61,27 @@ def pytest_collection_modifyitems(config, items):
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
+
+
+def assert_routing_matches_reference(backend: str, case: dict, renormalize: bool, seed: int) -> None:
+    """The engine's top-k (``backend``) equals the reference on random logits: same ids up to order,
+    weights within 1e-5. ``case``: select_experts options plus ``bias`` (draw a correction bias)
+    and ``rsf`` (routed_scaling_factor)."""
+    import torch
+
+    import moecompat as mc
+
+    case = dict(case)
+    g = torch.Generator().manual_seed(seed)
+    t, e = 9, 16
+    logits = torch.randn(t, e, generator=g)
+    bias = torch.randn(e, generator=g) * 0.1 if case.pop("bias") else None
+    rsf = case.pop("rsf")
+    kw = dict(case, renormalize=renormalize, e_score_correction_bias=bias, routed_scaling_factor=rsf)
+    ref = mc.select_experts(torch.zeros(t, 8), logits, 3, backend="reference", **kw)
+    got = mc.select_experts(torch.zeros(t, 8), logits, 3, backend=backend, **kw)
+    assert got.topk_ids.dtype == torch.int32 and got.topk_weights.dtype == torch.float32
+    o1, o2 = got.topk_ids.long().sort(1), ref.topk_ids.long().sort(1)
+    assert torch.equal(o1.values, o2.values)
+    torch.testing.assert_close(got.topk_weights.gather(1, o1.indices), ref.topk_weights.gather(1, o2.indices),
+                               rtol=1e-5, atol=1e-6)

@@ -12,7 +12,7 @@ import moecompat as mc
 from moecompat import quant
 from moecompat.adapters import REGISTRY
 from moecompat.backends import ENTRY_POINTS
-from tests.engines.conftest import version_in
+from tests.engines.conftest import assert_routing_matches_reference, version_in
 
 # SGLang has no public expert-map builder and no MXFP4 oracle in its Triton path.
 UNSUPPORTED = {"make_expert_map", "select_mxfp4_backend", "mxfp4_round_up", "mxfp4_convert"}
@@ -91,19 +91,7 @@ ROUTING = [
 @pytest.mark.parametrize("renormalize", [True, False])
 def test_cpu_routing_agrees_with_reference(sglang_engine, case, renormalize):
     """SGLang's torch-native top-k paths (what it runs on CPU) agree with the reference."""
-    case = dict(case)
-    g = torch.Generator().manual_seed(2)
-    t, e = 9, 16
-    logits = torch.randn(t, e, generator=g)
-    bias = torch.randn(e, generator=g) * 0.1 if case.pop("bias") else None
-    rsf = case.pop("rsf")
-    kw = dict(case, renormalize=renormalize, e_score_correction_bias=bias, routed_scaling_factor=rsf)
-    ref = mc.select_experts(torch.zeros(t, 8), logits, 3, backend="reference", **kw)
-    got = mc.select_experts(torch.zeros(t, 8), logits, 3, backend="sglang", **kw)
-    assert got.topk_ids.dtype == torch.int32 and got.topk_weights.dtype == torch.float32
-    o1, o2 = got.topk_ids.long().sort(1), ref.topk_ids.long().sort(1)
-    assert torch.equal(o1.values, o2.values)
-    torch.testing.assert_close(got.topk_weights.gather(1, o1.indices), ref.topk_weights.gather(1, o2.indices), rtol=1e-5, atol=1e-6)
+    assert_routing_matches_reference("sglang", case, renormalize, seed=2)
 
 
 def test_sigmoid_without_bias_follows_facts(sglang_engine):

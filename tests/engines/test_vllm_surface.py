@@ -13,7 +13,7 @@ import moecompat as mc
 from moecompat import quant
 from moecompat.adapters import REGISTRY
 from moecompat.backends import ENTRY_POINTS
-from tests.engines.conftest import version_in
+from tests.engines.conftest import assert_routing_matches_reference, version_in
 
 # Entry points a version is allowed to lack, with the versions that have them.
 EXPECTED_UNSUPPORTED = {"make_expert_map": ">=0.8", "select_mxfp4_backend": ">=0.10", "mxfp4_round_up": ">=0.19",
@@ -175,25 +175,13 @@ ROUTING_CASES = [
 @pytest.mark.parametrize("renormalize", [True, False])
 def test_cpu_routing_agrees_with_reference(vllm_engine, case, renormalize):
     """vLLM's routing code that runs on CPU tensors agrees with the reference backend."""
-    case = dict(case)
     if case["bias"] and version_in(vllm_engine, "<0.7"):
         # Fact "grouped_topk with a bias: ..." (vLLM 0.6): moecompat refuses instead of differing.
         with pytest.raises(mc.UnsupportedFeatureError, match="DeepSeek-V3"):
             mc.select_experts(torch.zeros(4, 8), torch.randn(4, 16), 3, backend="vllm", e_score_correction_bias=torch.zeros(16),
                               **{k: v for k, v in case.items() if k not in ("bias", "rsf")})
         return
-    g = torch.Generator().manual_seed(1)
-    t, e = 9, 16
-    logits = torch.randn(t, e, generator=g)
-    bias = torch.randn(e, generator=g) * 0.1 if case.pop("bias") else None
-    rsf = case.pop("rsf")
-    kw = dict(case, renormalize=renormalize, e_score_correction_bias=bias, routed_scaling_factor=rsf)
-    ref = mc.select_experts(torch.zeros(t, 8), logits, 3, backend="reference", **kw)
-    got = mc.select_experts(torch.zeros(t, 8), logits, 3, backend="vllm", **kw)
-    assert got.topk_ids.dtype == torch.int32 and got.topk_weights.dtype == torch.float32
-    o1, o2 = got.topk_ids.long().sort(1), ref.topk_ids.long().sort(1)
-    assert torch.equal(o1.values, o2.values)
-    torch.testing.assert_close(got.topk_weights.gather(1, o1.indices), ref.topk_weights.gather(1, o2.indices), rtol=1e-5, atol=1e-6)
+    assert_routing_matches_reference("vllm", case, renormalize, seed=1)
 
 
 @pytest.mark.parametrize("placement", ["linear", "round_robin"])
