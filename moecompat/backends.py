@@ -51,6 +51,7 @@ ENTRY_POINTS = (
     "get_moe_configs",
     "tuned_config_location",
     "override_config",
+    "moe_layer_config",
     "select_mxfp4_backend",
     "mxfp4_round_up",
     "mxfp4_convert",
@@ -82,6 +83,7 @@ _REFERENCE_IMPLS: dict[str, Callable[..., Any]] = {
 #: Entry points with no reference implementation (engine objects), and why.
 _REFERENCE_LACKS = {
     "mxfp4_convert": "kernel weight formats are an engine's; the reference backend takes plain MXFP4",
+    "moe_layer_config": "it builds an engine's own config object; the reference backend needs none",
     "ep_moe_layer_class": "the reference backend is functional; use fused_experts(expert_map=...)",
 }
 

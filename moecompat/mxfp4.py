@@ -23,13 +23,23 @@ from .errors import InvalidInputError
 __all__ = [
     "E2M1_MAX",
     "E2M1_VALUES",
+    "GPT_OSS_20B",
+    "GPT_OSS_120B",
     "MX_BLOCK_SIZE",
+    "MoELayerSpec",
+    "Mxfp4Backend",
+    "convert_to_kernel_format",
+    "decide_mxfp4_backend",
     "dequantize_mxfp4",
     "e2m1_to_float",
     "e8m0_to_float",
+    "engine_moe_config",
     "float_to_e2m1",
     "pack_e2m1",
     "quantize_mxfp4",
+    "reference_round_up",
+    "round_up_hidden_and_intermediate",
+    "select_mxfp4_backend",
     "unpack_e2m1",
 ]
 
@@ -157,6 +167,7 @@ def dequantize_mxfp4(
 
 import enum as _enum  # noqa: E402
 import os as _os  # noqa: E402
+from dataclasses import dataclass as _dataclass  # noqa: E402
 from typing import Any as _Any  # noqa: E402
 
 
@@ -311,14 +322,78 @@ def reference_round_up(backend: Mxfp4Backend | str, hidden_size: int, intermedia
     return hidden_size, _round_up(intermediate_size, 64)
 
 
-def select_mxfp4_backend(*, with_lora_support: bool = False, moe_config: _Any = None, backend: str = "auto") -> Mxfp4Backend:
-    """The MXFP4 MoE backend the installed engine would choose on this device with these
-    environment variables: vLLM's oracle (``select_mxfp4_moe_backend``, which needs the engine's
-    ``FusedMoEConfig`` as ``moe_config``) where it has one, its ``get_mxfp4_backend`` before,
-    and :func:`decide_mxfp4_backend` with no engine (``backend="reference"``)."""
+@_dataclass(frozen=True)
+class MoELayerSpec:
+    """Engine-neutral description of one MoE layer: what vLLM's MXFP4 oracle reads from the
+    layer's ``FusedMoEConfig`` (>= 0.19). Defaults: gpt-oss-120b (the MXFP4 MoE model family).
+
+    ``num_experts`` global experts, ``top_k`` per token, ``hidden_size`` H and
+    ``intermediate_size`` I (unpadded: ``w13: [E, 2*I, H]``, ``w2: [E, H, I]``), activation dtype
+    ``dtype``, ``activation`` (:class:`moecompat.vocab.Activation` name), ``has_bias`` (gpt-oss has
+    expert biases), ``routing`` (``"renormalize"``: softmax top-k renormalised, gpt-oss's).
+    """
+
+    num_experts: int = 128
+    top_k: int = 4
+    hidden_size: int = 2880
+    intermediate_size: int = 2880
+    dtype: torch.dtype = torch.bfloat16
+    activation: str = "swigluoai"
+    has_bias: bool = True
+    routing: str = "renormalize"
+
+    def __post_init__(self) -> None:
+        for name in ("num_experts", "top_k", "hidden_size", "intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise InvalidInputError(name, "a positive int", repr(value))
+        if self.top_k > self.num_experts:
+            raise InvalidInputError("top_k", f"<= num_experts ({self.num_experts})", str(self.top_k))
+        if not isinstance(self.dtype, torch.dtype):
+            raise InvalidInputError("dtype", "a torch.dtype", repr(self.dtype))
+        from .vocab import Activation
+
+        try:
+            Activation(self.activation)
+        except ValueError:
+            raise InvalidInputError("activation", f"one of {[a.value for a in Activation]}", repr(self.activation)) from None
+
+
+#: gpt-oss-120b's MoE layer (E=128, k=4, H=I=2880, bf16, swigluoai, biases).
+GPT_OSS_120B = MoELayerSpec()
+#: gpt-oss-20b's MoE layer (E=32, otherwise as 120b).
+GPT_OSS_20B = MoELayerSpec(num_experts=32)
+
+
+def engine_moe_config(layer: MoELayerSpec | None = None, *, with_lora_support: bool = False,
+                      device: _Any = None, engine: str = "auto") -> _Any:
+    """The engine's own per-layer MoE config object built from ``layer`` (default gpt-oss-120b):
+    vLLM's ``FusedMoEConfig`` (>= 0.19; single-rank parallel config, ``moe_backend="auto"``),
+    whose fields change between releases. ``device`` defaults to ``"cuda"`` when available.
+    Raises :class:`UnsupportedFeatureError` where the engine has no such object."""
     from .backends import get_impl
 
-    return get_impl("select_mxfp4_backend", backend, True)(with_lora_support, moe_config)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return get_impl("moe_layer_config", engine, True)(layer or GPT_OSS_120B, with_lora_support, torch.device(device))
+
+
+def select_mxfp4_backend(*, layer: MoELayerSpec | None = None, with_lora_support: bool = False,
+                         moe_config: _Any = None, backend: str = "auto") -> Mxfp4Backend:
+    """The MXFP4 MoE backend the installed engine would choose on this device with these
+    environment variables, for ``layer`` (default: gpt-oss-120b's MoE layer).
+
+    vLLM >= 0.19: its oracle ``select_mxfp4_moe_backend`` on the ``FusedMoEConfig`` that
+    :func:`engine_moe_config` builds from ``layer`` (or the caller's own ``moe_config``, e.g. a
+    live layer's ``layer.moe_config``); vLLM 0.10-0.18: ``get_mxfp4_backend``; no engine
+    (``backend="reference"``): :func:`decide_mxfp4_backend`. The engine's own refusal (no backend
+    supports the configuration) surfaces as the engine raised it.
+    """
+    from .backends import get_impl
+
+    if layer is not None and not isinstance(layer, MoELayerSpec):
+        raise InvalidInputError("layer", "a moecompat.mxfp4.MoELayerSpec", type(layer).__name__)
+    return get_impl("select_mxfp4_backend", backend, True)(with_lora_support, moe_config, layer or GPT_OSS_120B)
 
 
 def round_up_hidden_and_intermediate(backend: Mxfp4Backend | str, hidden_size: int, intermediate_size: int,
@@ -341,7 +416,7 @@ def convert_to_kernel_format(backend: Mxfp4Backend | str, layer: _Any, w13_weigh
                                                    w13_weight_scale, w2_weight_scale, w13_bias, w2_bias)
 
 
-def _reference_select(with_lora_support: bool, moe_config: _Any) -> Mxfp4Backend:
+def _reference_select(with_lora_support: bool, moe_config: _Any, layer: MoELayerSpec) -> Mxfp4Backend:
     import importlib.util
 
     import torch

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ from ..adapters import Location, Resolution, Variant, VersionFact
 from ..quant import QuantConfig
 from ..vocab import Activation, QuantScheme, ScoringFunc, TopK
 from .base import TRITON_SCHEME_FLAGS, Engine, mask_expert_map
+
+_log = logging.getLogger("moecompat")
 
 FM = "vllm.model_executor.layers.fused_moe"
 FMM = f"{FM}.fused_moe"
@@ -84,6 +87,9 @@ FACTS: tuple[VersionFact, ...] = (
     VersionFact("MXFP4 oracle: select_mxfp4_moe_backend", ">=0.19", f"{FM}.oracle.mxfp4:select_mxfp4_moe_backend"),
     VersionFact("MXFP4 oracle: convert_to_mxfp4_moe_kernel_format (gpt-oss layout)", ">=0.19,<0.20", f"{FM}.oracle.mxfp4:convert_to_mxfp4_moe_kernel_format"),
     VersionFact("MXFP4 oracle: convert_gpt_oss_weight_to_mxfp4_moe_kernel_format", ">=0.20", f"{FM}.oracle.mxfp4:convert_gpt_oss_weight_to_mxfp4_moe_kernel_format"),
+    VersionFact("FusedMoEConfig(intermediate_size) (was intermediate_size_per_partition)", ">=0.24", f"{FM}.config:FusedMoEConfig", "param", "intermediate_size"),
+    VersionFact("MoEActivation in fused_moe/activation.py", ">=0.17", f"{FM}.activation:MoEActivation"),
+    VersionFact("FusedMoEParallelConfig.make_no_parallel", ">=0.15", f"{FM}.config:FusedMoEParallelConfig.make_no_parallel"),
     VersionFact("select_mxfp4_moe_backend(config, activation_key)", ">=0.21", f"{FM}.oracle.mxfp4:select_mxfp4_moe_backend", "param", "activation_key"),
     VersionFact("mxfp4_round_up_hidden_size_and_intermediate_size(..., activation)", ">=0.28", f"{FM}.oracle.mxfp4:mxfp4_round_up_hidden_size_and_intermediate_size", "param", "activation"),
     VersionFact("FusedMoEPermuteExpertsUnpermute.supports_expert_map", ">=0.9,<0.17", f"{FM}.modular_kernel:FusedMoEPermuteExpertsUnpermute.supports_expert_map"),
@@ -554,6 +560,40 @@ _MX_ENUMS = (Location(f"{FM}.oracle.mxfp4", "Mxfp4MoeBackend", ">=0.19"),
              Location("vllm.model_executor.layers.quantization.mxfp4", "Mxfp4Backend", ">=0.10,<0.19"))
 
 
+@ENGINE.adapter("moe_layer_config")
+def _build_moe_layer_config(engine: Engine) -> Resolution:
+    """vLLM's per-layer ``FusedMoEConfig`` from a :class:`moecompat.mxfp4.MoELayerSpec`. Its
+    required fields drift (``intermediate_size_per_partition`` -> ``intermediate_size`` at 0.24,
+    new defaulted fields most releases): the keyword set is bound to the installed dataclass."""
+    _, cls = engine.find([Location(f"{FM}.config", "FusedMoEConfig", ">=0.19")])
+    _, parallel_cls = engine.find([Location(f"{FM}.config", "FusedMoEParallelConfig", ">=0.19")])
+    _, activation_enum = engine.find([Location(f"{FM}.activation", "MoEActivation", ">=0.19")])
+    _, routing_enum = engine.find([Location(f"{FM}.config", "RoutingMethodType", ">=0.19")])
+    sig = inspect.signature(cls)
+    size_field = "intermediate_size" if "intermediate_size" in sig.parameters else "intermediate_size_per_partition"
+    routing_by_name = {m.name.lower(): m for m in routing_enum}
+    activation_by_value = {m.value: m for m in activation_enum}
+
+    def impl(layer, with_lora_support, device):
+        activation = activation_by_value.get(layer.activation)
+        if activation is None:
+            raise engine.unsupported(f"activation {layer.activation!r} in FusedMoEConfig",
+                                     detail=f"MoEActivation has {sorted(activation_by_value)}")
+        routing = routing_by_name.get(layer.routing.replace("_", "").lower())
+        if routing is None:
+            raise engine.unsupported(f"routing {layer.routing!r} in FusedMoEConfig",
+                                     detail=f"RoutingMethodType has {[m.name for m in routing_enum]}")
+        bound = sig.bind_partial(
+            num_experts=layer.num_experts, experts_per_token=layer.top_k, hidden_dim=layer.hidden_size,
+            num_local_experts=layer.num_experts, num_logical_experts=layer.num_experts, activation=activation,
+            device=device, routing_method=routing, moe_parallel_config=parallel_cls.make_no_parallel(),
+            in_dtype=layer.dtype, has_bias=layer.has_bias, is_lora_enabled=with_lora_support,
+            **{size_field: layer.intermediate_size})
+        return cls(*bound.args, **bound.kwargs)
+
+    return engine.ok("moe_layer_config", impl, cls, size_field)
+
+
 @ENGINE.adapter("select_mxfp4_backend")
 def _build_select_mxfp4(engine: Engine) -> Resolution:
     from .. import mxfp4 as mx
@@ -564,12 +604,53 @@ def _build_select_mxfp4(engine: Engine) -> Resolution:
         oracle = None
     if oracle is not None:
         takes_key = "activation_key" in inspect.signature(oracle).parameters
+        build_config = engine.resolve("moe_layer_config")
+        if build_config.status != "ok":
+            assert build_config.error is not None
+            raise build_config.error
 
-        def impl_oracle(with_lora_support, moe_config):
+        _, config_or_none = engine.find([Location("vllm.config", "get_current_vllm_config_or_none", ">=0.19")])
+        _, set_config = engine.find([Location("vllm.config", "set_current_vllm_config", ">=0.19")])
+        _, vllm_config_cls = engine.find([Location("vllm.config", "VllmConfig", ">=0.19")])
+        _, model_config_cls = engine.find([Location("vllm.config", "ModelConfig", ">=0.19")])
+        model_config_sig = inspect.signature(model_config_cls)
+        default_configs: dict[Any, Any] = {}
+
+        def deployment_config(layer):
+            # The oracle (>= 0.22) and the kernels' support checks read the current VllmConfig
+            # (e.g. the user's MoE activation override in model_config.quantization_config):
+            # outside a live model, vLLM's defaults for a gpt-oss model of this layer's shape,
+            # built from a local config.json, as `vllm serve <dir>` would.
+            if layer not in default_configs:
+                model_dir = _gpt_oss_model_dir(layer)
+                bound = model_config_sig.bind_partial(model=model_dir, tokenizer=model_dir, skip_tokenizer_init=True,
+                                                      dtype=str(layer.dtype).removeprefix("torch."))
+                default_configs[layer] = vllm_config_cls(model_config=model_config_cls(*bound.args, **bound.kwargs))
+            return default_configs[layer]
+
+        platforms = importlib.import_module("vllm.platforms")
+
+        def impl_oracle(with_lora_support, moe_config, layer):
+            if platforms.current_platform.is_unspecified():
+                # No device vLLM can run on (e.g. a CUDA wheel on a GPU-less host): vLLM cannot
+                # build a VllmConfig, let alone an MXFP4 layer. get_mxfp4_backend (< 0.19) and
+                # the reference table answer NONE there; so does moecompat on the oracle versions.
+                return mx.Mxfp4Backend.NONE
             if moe_config is None:
-                raise engine.unsupported("select_mxfp4_backend without moe_config",
-                                         detail="vLLM's oracle decides from the layer's FusedMoEConfig; pass moe_config=")
-            out = oracle(moe_config)
+                moe_config = build_config.impl(layer, with_lora_support, _default_device())
+            try:
+                if config_or_none() is not None:  # inside the caller's own vLLM config (a live model)
+                    out = oracle(moe_config)
+                else:
+                    with set_config(deployment_config(layer)):
+                        out = oracle(moe_config)
+            except NotImplementedError as exc:
+                # The oracle's "no backend supports this deployment" (get_mxfp4_backend returned
+                # NONE there before 0.19): the stable answer is NONE; the reasons go to the log.
+                if not str(exc).startswith("No MXFP4 MoE backend"):
+                    raise
+                _log.info("vLLM's MXFP4 oracle found no backend: %s", exc)
+                return mx.Mxfp4Backend.NONE
             member = out[0] if isinstance(out, tuple) else out
             return mx.from_engine(member)
 
@@ -577,10 +658,36 @@ def _build_select_mxfp4(engine: Engine) -> Resolution:
     _, legacy = engine.find([Location("vllm.model_executor.layers.quantization.mxfp4", "get_mxfp4_backend", ">=0.10,<0.19")])
     takes_lora = "with_lora_support" in inspect.signature(legacy).parameters
 
-    def impl_legacy(with_lora_support, moe_config):
+    def impl_legacy(with_lora_support, moe_config, layer):
         return mx.from_engine(legacy(with_lora_support) if takes_lora else legacy())
 
     return engine.ok("select_mxfp4_backend", impl_legacy, legacy, "get_mxfp4_backend")
+
+
+def _gpt_oss_model_dir(layer: Any) -> str:
+    """A throw-away model directory holding a gpt-oss ``config.json`` of ``layer``'s shape
+    (no weights, no tokenizer): enough for vLLM's ``ModelConfig``."""
+    import atexit
+    import json
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="moecompat-gpt-oss-")
+    atexit.register(shutil.rmtree, path, True)
+    config = {
+        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "hidden_size": layer.hidden_size,
+        "intermediate_size": layer.intermediate_size, "num_local_experts": layer.num_experts,
+        "num_experts_per_tok": layer.top_k, "num_hidden_layers": 1, "num_attention_heads": 64,
+        "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 201088, "max_position_embeddings": 4096,
+        "torch_dtype": str(layer.dtype).removeprefix("torch."),
+    }
+    with open(f"{path}/config.json", "w") as f:
+        json.dump(config, f)
+    return path
+
+
+def _default_device() -> Any:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @ENGINE.adapter("mxfp4_round_up")

@@ -15,7 +15,7 @@ from moecompat.backends import ENTRY_POINTS
 from tests.engines.conftest import assert_routing_matches_reference, version_in
 
 # SGLang has no public expert-map builder and no MXFP4 oracle in its Triton path.
-UNSUPPORTED = {"make_expert_map", "select_mxfp4_backend", "mxfp4_round_up", "mxfp4_convert"}
+UNSUPPORTED = {"make_expert_map", "select_mxfp4_backend", "mxfp4_round_up", "mxfp4_convert", "moe_layer_config"}
 CUDA_ONLY = {"get_moe_configs"}  # reads the CUDA device name
 
 

@@ -17,7 +17,7 @@ from tests.engines.conftest import assert_routing_matches_reference, version_in
 
 # Entry points a version is allowed to lack, with the versions that have them.
 EXPECTED_UNSUPPORTED = {"make_expert_map": ">=0.8", "select_mxfp4_backend": ">=0.10", "mxfp4_round_up": ">=0.19",
-                        "mxfp4_convert": ">=0.19"}
+                        "mxfp4_convert": ">=0.19", "moe_layer_config": ">=0.19"}
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
@@ -262,6 +262,85 @@ def test_mxfp4_round_up_equals_engine_oracle(vllm_engine, backend):
     if backend.startswith("flashinfer_trtllm") and version_in(vllm_engine, "<0.27"):
         expected = (expected[0], 3072)  # TRT-LLM padded the intermediate size to 256 before 0.27
     assert got == expected
+
+
+def test_engine_moe_config_from_neutral_spec(vllm_engine):
+    """``engine_moe_config`` builds the installed vLLM's own ``FusedMoEConfig`` (whose required
+    fields changed at 0.24) from moecompat's neutral layer description."""
+    from moecompat import mxfp4
+
+    spec = mxfp4.MoELayerSpec(num_experts=32, top_k=2, hidden_size=256, intermediate_size=128,
+                              dtype=torch.float16, activation="silu", has_bias=False)
+    if not version_in(vllm_engine, ">=0.19"):
+        with pytest.raises(mc.UnsupportedFeatureError):
+            mxfp4.engine_moe_config(spec, engine="vllm")
+        return
+    from vllm.model_executor.layers.fused_moe.config import FusedMoEConfig
+
+    cfg = mxfp4.engine_moe_config(spec, engine="vllm", device="cpu")
+    assert type(cfg) is FusedMoEConfig
+    assert (cfg.num_experts, cfg.experts_per_token, cfg.hidden_dim, cfg.intermediate_size_per_partition,
+            cfg.num_local_experts) == (32, 2, 256, 128, 32)
+    assert cfg.in_dtype is torch.float16 and cfg.activation.value == "silu" and cfg.has_bias is False
+    assert cfg.moe_parallel_config.ep_size == 1 and cfg.is_lora_enabled is False
+    assert mxfp4.engine_moe_config(spec, engine="vllm", device="cpu", with_lora_support=True).is_lora_enabled is True
+    gpt_oss = mxfp4.engine_moe_config(engine="vllm", device="cpu")
+    assert (gpt_oss.num_experts, gpt_oss.hidden_dim, gpt_oss.activation.value, gpt_oss.has_bias) == (128, 2880, "swigluoai", True)
+
+
+def test_select_mxfp4_backend_without_a_device(vllm_engine):
+    """On this GPU-less host vLLM detects no platform: every version answers NONE (0.10-0.18
+    through ``get_mxfp4_backend``; >= 0.19 without calling the oracle, which cannot run there)."""
+    from moecompat import mxfp4
+
+    if not version_in(vllm_engine, ">=0.10"):
+        with pytest.raises(mc.UnsupportedFeatureError):
+            mxfp4.select_mxfp4_backend(backend="vllm")
+        return
+    assert mxfp4.select_mxfp4_backend(backend="vllm") is mxfp4.Mxfp4Backend.NONE
+    assert mxfp4.select_mxfp4_backend(backend="vllm", with_lora_support=True) is mxfp4.Mxfp4Backend.NONE
+
+
+_ORACLE_ON_CPU = """
+import json, logging
+from moecompat import mxfp4
+from vllm.platforms import current_platform
+records = []
+handler = logging.Handler()
+handler.emit = records.append
+log = logging.getLogger("moecompat")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+out = {"platform": type(current_platform).__name__, "is_cpu": current_platform.is_cpu()}
+if out["is_cpu"]:
+    out["default"] = mxfp4.select_mxfp4_backend(backend="vllm").value
+    own = mxfp4.engine_moe_config(mxfp4.GPT_OSS_20B, engine="vllm", device="cpu")
+    out["own_config"] = mxfp4.select_mxfp4_backend(backend="vllm", moe_config=own).value
+    out["logged"] = [r.getMessage() for r in records]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_select_mxfp4_backend_runs_the_oracle_on_the_cpu_platform(vllm_engine):
+    """With ``VLLM_TARGET_DEVICE=cpu`` (where the release honours it) vLLM runs on its CPU
+    platform, so the real oracle is called, inside the gpt-oss deployment config moecompat builds
+    (and with a caller's own ``moe_config``). No MXFP4 kernel supports a CPU deployment: the
+    oracle's refusal becomes NONE, with its reasons in the ``moecompat`` log."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if not version_in(vllm_engine, ">=0.19"):
+        pytest.skip("no oracle before vLLM 0.19 (get_mxfp4_backend is covered above)")
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _ORACLE_ON_CPU], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    if not out["is_cpu"]:
+        pytest.skip(f"vllm {vllm_engine.version()} ignores VLLM_TARGET_DEVICE=cpu here ({out['platform']})")
+    assert out["default"] == out["own_config"] == "none"
+    assert len(out["logged"]) == 2 and all("No MXFP4 MoE backend supports" in m for m in out["logged"]), out["logged"]
 
 
 def _call_with(fn, **values):

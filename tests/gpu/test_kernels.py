@@ -13,8 +13,13 @@ accumulation order and bf16 rounding of the intermediate activations:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+
 import pytest
 import torch
+from packaging.version import Version
 
 import moecompat as mc
 from moecompat import quant
@@ -122,6 +127,98 @@ def test_expert_map_ranks(gpu_engine, record, shape_name, scheme_name, scheme, o
     case = dict(test="expert_map", shape=shape_name, scheme=scheme, variant=scheme_name, tokens=tokens)
     _compare(record, gpu_engine, case, x, w1[owned].contiguous(), w2[owned].contiguous(), topk,
              quant_config=sub, expert_map=emap.cuda())
+
+
+EP_SCHEMES = [SCHEMES[0], SCHEMES[2], ("fp8-tensor-static-a1", "fp8_w8a8", {"static_a1": True}), SCHEMES[4]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("placement", ["linear", "round_robin"])
+@pytest.mark.parametrize("scheme_name,scheme,opts", EP_SCHEMES, ids=[s[0] for s in EP_SCHEMES])
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_expert_map_sum_over_ranks(gpu_engine, record, shape_name, scheme_name, scheme, opts, placement):
+    """Expert parallelism on one GPU: each of 2 ranks runs the engine on its local experts with
+    its expert map; the sum over ranks equals the engine's single-rank output and the reference.
+    ``fp8-tensor-static-a1`` is the scalar activation scale that vLLM PR #43108 found dropped on
+    the DP/EP path (a1q_scale)."""
+    tokens, world = 257, 2
+    opts = dict(opts)
+    static_a1 = opts.pop("static_a1", False)
+    w1, w2, qc, dtype = _weights(shape_name, scheme_name if not static_a1 else "fp8-tensor", scheme, opts)
+    x, topk = _routing(shape_name, tokens, dtype)
+    if static_a1:  # static per-tensor activation scales (numel 1), sized from this batch
+        w1f = quant.dequantize_weights(w1, qc, 1).float()
+        gate, up = torch.einsum("th,eoh->teo", x.float(), w1f).chunk(2, dim=-1)
+        a2 = (torch.nn.functional.silu(gate) * up).abs().amax()
+        del w1f, gate, up
+        qc = mc.make_quant_config(scheme, w1_scale=qc.w1_scale, w2_scale=qc.w2_scale,
+                                  a1_scale=(x.float().abs().amax() / 448.0).reshape(1), a2_scale=(a2 / 448.0).reshape(1))
+    e = w1.shape[0]
+    full = mc.fused_experts(x, w1, w2, *topk, quant_config=qc, backend=gpu_engine.name)
+    ref = mc.fused_experts(x, w1, w2, *topk, quant_config=qc, backend="reference")
+    total = torch.zeros_like(full, dtype=torch.float32)
+    for rank in range(world):
+        _, emap = mc.make_expert_map(world, rank, e, placement, backend="reference")
+        owned = (emap >= 0).nonzero().flatten().cuda()
+        owned = owned[emap.cuda()[owned].argsort()]  # local expert j is global owned[j]
+        sub = qc
+        if qc is not None:
+            sub = mc.make_quant_config(scheme, w1_scale=qc.w1_scale[owned], w2_scale=qc.w2_scale[owned],
+                                       a1_scale=qc.a1_scale, a2_scale=qc.a2_scale, block_shape=qc.block_shape,
+                                       per_out_ch_quant=qc.per_out_ch_quant, per_act_token_quant=qc.per_act_token_quant)
+        part = mc.fused_experts(x, w1[owned].contiguous(), w2[owned].contiguous(), *topk, quant_config=sub,
+                                expert_map=emap.cuda(), backend=gpu_engine.name)
+        total += part.float()
+    torch.cuda.synchronize()
+    tol = TOL[scheme]
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
+
+    err_full, err_ref = rel(total, full), rel(total, ref)
+    ok = err_full <= tol and err_ref <= tol
+    record(test="expert_map_sum_over_ranks", shape=shape_name, scheme=scheme, variant=f"{scheme_name}/{placement}",
+           tokens=tokens, ranks=world, rel_err=err_ref, rel_err_vs_single_rank_engine=err_full, tol=tol, ok=ok)
+    assert err_full <= tol, f"sum over ranks vs single-rank engine output: {err_full:.3e} > {tol:.1e}"
+    assert err_ref <= tol, f"sum over ranks vs reference: {err_ref:.3e} > {tol:.1e}"
+
+
+@pytest.mark.gpu
+def test_select_mxfp4_backend_on_device(gpu_engine, record, monkeypatch):
+    """``select_mxfp4_backend`` asks the installed engine on this GPU (vLLM >= 0.19: its oracle
+    on the FusedMoEConfig moecompat builds for gpt-oss-120b) and agrees with moecompat's
+    documented decision table; ``VLLM_MXFP4_USE_MARLIN=1`` moves both to Marlin."""
+    from moecompat import mxfp4
+
+    if gpu_engine.name != "vllm":
+        with pytest.raises(mc.UnsupportedFeatureError):
+            mxfp4.select_mxfp4_backend(backend=gpu_engine.name)
+        record(test="select_mxfp4_backend", variant="unsupported", ok=True)
+        return
+    has_tk = importlib.util.find_spec("triton_kernels") is not None
+    for mod in ("vllm.utils.import_utils", "vllm.utils"):
+        try:
+            has_tk = bool(importlib.import_module(mod).has_triton_kernels())
+            break
+        except (ImportError, AttributeError):
+            continue
+    cap = tuple(torch.cuda.get_device_capability(0))
+    kw = dict(has_flashinfer=importlib.util.find_spec("flashinfer") is not None, has_triton_kernels=has_tk)
+    got = {}
+    for env in ({}, {"VLLM_MXFP4_USE_MARLIN": "1"}):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        engine_answer = mxfp4.select_mxfp4_backend(backend="vllm")
+        table = mxfp4.decide_mxfp4_backend(cap, **kw, env=dict(os.environ))
+        got[str(env)] = (engine_answer.value, table.value)
+    lora = mxfp4.select_mxfp4_backend(backend="vllm", with_lora_support=True)
+    own = mxfp4.select_mxfp4_backend(backend="vllm", moe_config=mxfp4.engine_moe_config(mxfp4.GPT_OSS_20B, engine="vllm"))
+    ok = all(a == b for a, b in got.values())
+    record(test="select_mxfp4_backend", variant="oracle" if gpu_engine.version() >= Version("0.19") else "get_mxfp4_backend",
+           answers=got, lora=lora.value, gpt_oss_20b=own.value, triton_kernels=has_tk, capability=list(cap), ok=ok)
+    for env, (engine_answer, table) in got.items():
+        assert engine_answer == table, f"env {env}: vLLM chose {engine_answer}, the table says {table}"
+    assert isinstance(lora, mxfp4.Mxfp4Backend) and own.value == got["{}"][0]
 
 
 @pytest.mark.gpu

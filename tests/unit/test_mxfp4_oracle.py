@@ -54,3 +54,26 @@ def test_round_up_rules():
     assert f("flashinfer_trtllm_bf16", 2880, 2880, engine="reference") == (3072, 2944)
     assert f("flashinfer_cutlass_bf16", 2880, 2880, engine="reference") == (2944, 2944)
     assert mc.mxfp4.select_mxfp4_backend(backend="reference") is Mxfp4Backend.NONE  # no GPU here
+
+
+def test_layer_spec_validates_and_defaults_to_gpt_oss_120b():
+    spec = mxfp4.MoELayerSpec()
+    assert (spec.num_experts, spec.top_k, spec.hidden_size, spec.intermediate_size) == (128, 4, 2880, 2880)
+    assert spec == mxfp4.GPT_OSS_120B and mxfp4.GPT_OSS_20B.num_experts == 32
+    with pytest.raises(mc.InvalidInputError, match="top_k"):
+        mxfp4.MoELayerSpec(num_experts=4, top_k=8)
+    with pytest.raises(mc.InvalidInputError, match="hidden_size"):
+        mxfp4.MoELayerSpec(hidden_size=0)
+    with pytest.raises(mc.InvalidInputError, match="activation"):
+        mxfp4.MoELayerSpec(activation="tanh")
+    with pytest.raises(mc.InvalidInputError, match="dtype"):
+        mxfp4.MoELayerSpec(dtype="bf16")  # type: ignore[arg-type]
+    with pytest.raises(mc.InvalidInputError, match="layer"):
+        mxfp4.select_mxfp4_backend(layer="gpt-oss", backend="reference")  # type: ignore[arg-type]
+
+
+def test_engine_moe_config_needs_an_engine():
+    with pytest.raises(mc.UnsupportedFeatureError, match="moe_layer_config"):
+        mxfp4.engine_moe_config(engine="reference")
+    with pytest.raises(mc.UnsupportedFeatureError):
+        mxfp4.engine_moe_config(engine="sglang")
