@@ -386,8 +386,13 @@ def select_mxfp4_backend(*, layer: MoELayerSpec | None = None, with_lora_support
     vLLM >= 0.19: its oracle ``select_mxfp4_moe_backend`` on the ``FusedMoEConfig`` that
     :func:`engine_moe_config` builds from ``layer`` (or the caller's own ``moe_config``, e.g. a
     live layer's ``layer.moe_config``); vLLM 0.10-0.18: ``get_mxfp4_backend``; no engine
-    (``backend="reference"``): :func:`decide_mxfp4_backend`. The engine's own refusal (no backend
-    supports the configuration) surfaces as the engine raised it.
+    (``backend="reference"``): :func:`decide_mxfp4_backend`.
+
+    ``NONE`` means the engine has no MXFP4 MoE backend for this deployment: vLLM finds no device
+    platform, or its oracle refuses ("... the deployment configuration"; the reasons are logged
+    on the ``moecompat`` logger at INFO). Outside a live vLLM model (no current ``VllmConfig``),
+    moecompat enters vLLM's defaults for a gpt-oss model of ``layer``'s shape; building that
+    ``ModelConfig`` imports vLLM's gpt-oss model module (a complete vLLM install has it).
     """
     from .backends import get_impl
 

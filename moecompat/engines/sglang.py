@@ -38,6 +38,7 @@ OLD_CFG = f"{MOE}.fused_moe_triton.fused_moe_triton_config"
 NEW_CFG = f"{MOE}.moe_runner.triton_utils.fused_moe_triton_config"
 
 EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel on every platform but NPU/HIP"
+OUTPLACE_NEEDS_TP_GROUP = "out-of-place Triton fused_experts allocates its output with get_tp_group()"
 
 FACTS: tuple[VersionFact, ...] = (
     VersionFact("select_experts", ">=0.4.7", f"{TOPK}:select_experts"),
@@ -71,6 +72,11 @@ FACTS: tuple[VersionFact, ...] = (
     # `if not (_is_npu or _is_hip): from sgl_kernel import silu_and_mul` at module level: without
     # sgl-kernel (a CUDA build) the EP layer module does not import at all, e.g. on CPU.
     VersionFact(EP_LAYER_NEEDS_SGL_KERNEL, ">=0.4.9,<0.5.4", f"{MOE}.ep_moe.layer", kind="behaviour"),
+    # `with use_symmetric_memory(get_tp_group(), ...)` around the output allocation of the
+    # out-of-place path: get_tp_group() asserts outside a server (no tensor-parallel group), so
+    # every out-of-place call fails there (found on an H100 with 0.5.16/0.5.17). The in-place
+    # path writes into its input and never asks. 0.5.21 reads an optional group instead.
+    VersionFact(OUTPLACE_NEEDS_TP_GROUP, ">=0.5.16,<0.5.21", f"{MOE}.moe_runner.triton_utils.fused_moe", kind="behaviour"),
 )
 
 ENGINE = Engine(
@@ -187,14 +193,16 @@ def _build_fused_experts(engine: Engine) -> Resolution:
         StandardTopKOutput = MoeRunnerConfig = None
         runner_fields = frozenset()
     has_swiglu = "gemm1_alpha" in runner_fields
+    version = engine.version()
+    always_inplace = version is not None and engine.fact(OUTPLACE_NEEDS_TP_GROUP).holds_for(version)
     runner_cache: dict[tuple[Any, ...], Any] = {}
 
-    def runner_config(activation: Activation, on_input: bool) -> Any:
-        key = (activation, on_input)
+    def runner_config(activation: Activation, on_input: bool, inplace: bool = False) -> Any:
+        key = (activation, on_input, inplace)
         cfg = runner_cache.get(key)
         if cfg is None:
             kw: dict[str, Any] = {"activation": "gelu" if activation is Activation.GELU else "silu",
-                                  "apply_router_weight_on_input": on_input, "inplace": False}
+                                  "apply_router_weight_on_input": on_input, "inplace": inplace}
             if activation is Activation.SWIGLUOAI:
                 kw.update(gemm1_alpha=SWIGLUOAI_ALPHA, gemm1_clamp_limit=SWIGLUOAI_LIMIT)
             cfg = runner_cache[key] = MoeRunnerConfig(**kw)
@@ -209,6 +217,9 @@ def _build_fused_experts(engine: Engine) -> Resolution:
             topk_weights, topk_ids = mask_expert_map(topk_weights, topk_ids, expert_map)
         if MoeRunnerConfig is not None:
             topk_output = StandardTopKOutput(topk_weights, topk_ids, None)
+            if always_inplace:  # see OUTPLACE_NEEDS_TP_GROUP: the in-place op on the caller's tensor or a copy
+                target = hidden_states if inplace else hidden_states.clone()
+                return (target, w1, w2, topk_output, runner_config(activation, apply_router_weight_on_input, True)), kw, False
             return (hidden_states, w1, w2, topk_output, runner_config(activation, apply_router_weight_on_input)), kw, inplace
         kw.update(inplace=inplace, activation=activation.value, apply_router_weight_on_input=apply_router_weight_on_input)
         if StandardTopKOutput is not None:

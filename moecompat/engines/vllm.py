@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..adapters import Location, Resolution, Variant, VersionFact
+from ..errors import EngineImportError
 from ..quant import QuantConfig
 from ..vocab import Activation, QuantScheme, ScoringFunc, TopK
 from .base import TRITON_SCHEME_FLAGS, Engine, mask_expert_map
@@ -625,7 +626,15 @@ def _build_select_mxfp4(engine: Engine) -> Resolution:
                 model_dir = _gpt_oss_model_dir(layer)
                 bound = model_config_sig.bind_partial(model=model_dir, tokenizer=model_dir, skip_tokenizer_init=True,
                                                       dtype=str(layer.dtype).removeprefix("torch."))
-                default_configs[layer] = vllm_config_cls(model_config=model_config_cls(*bound.args, **bound.kwargs))
+                try:
+                    model_config = model_config_cls(*bound.args, **bound.kwargs)
+                except Exception as exc:  # not a kernel: vLLM validating a model it must import
+                    raise EngineImportError(
+                        "vllm", engine.version_str(), "select_mxfp4_backend outside a vLLM model",
+                        detail="vLLM's ModelConfig for a gpt-oss layer failed (it imports vLLM's gpt-oss "
+                               "model module and its attention backends); call it inside your own "
+                               "set_current_vllm_config(...) or a running vLLM model", cause=exc) from exc
+                default_configs[layer] = vllm_config_cls(model_config=model_config)
             return default_configs[layer]
 
         platforms = importlib.import_module("vllm.platforms")
@@ -644,10 +653,13 @@ def _build_select_mxfp4(engine: Engine) -> Resolution:
                 else:
                     with set_config(deployment_config(layer)):
                         out = oracle(moe_config)
-            except NotImplementedError as exc:
-                # The oracle's "no backend supports this deployment" (get_mxfp4_backend returned
-                # NONE there before 0.19): the stable answer is NONE; the reasons go to the log.
-                if not str(exc).startswith("No MXFP4 MoE backend"):
+            except (NotImplementedError, ValueError) as exc:
+                # The oracle's refusals: "No MXFP4 MoE backend supports the deployment
+                # configuration" (nothing fits) and "Mxfp4 MoE backend 'X' does not support the
+                # deployment configuration" (the platform's only or the requested backend does
+                # not fit). get_mxfp4_backend answered NONE there before 0.19: so does moecompat,
+                # with vLLM's reasons in the log. Any other error is a real one and surfaces.
+                if "deployment configuration" not in str(exc):
                     raise
                 _log.info("vLLM's MXFP4 oracle found no backend: %s", exc)
                 return mx.Mxfp4Backend.NONE

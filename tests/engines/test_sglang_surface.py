@@ -69,6 +69,34 @@ def test_fused_experts_call_binds(sglang_engine, scheme, opts, activation):
         assert kwargs[f"use_{scheme}"] is True
 
 
+def test_outplace_fused_experts_avoids_the_tp_group_where_the_engine_needs_one(sglang_engine):
+    """Fact OUTPLACE_NEEDS_TP_GROUP, pinned on the installed release's own source: where the
+    out-of-place path calls get_tp_group(), moecompat runs SGLang's in-place op on a copy of the
+    input (the caller's tensor is untouched); elsewhere it calls the out-of-place path."""
+    import importlib
+
+    from moecompat.engines.sglang import OUTPLACE_NEEDS_TP_GROUP
+
+    fact = sglang_engine.fact(OUTPLACE_NEEDS_TP_GROUP)
+    try:
+        calls_tp_group = "get_tp_group()" in inspect.getsource(importlib.import_module(fact.where))
+    except ImportError:  # the moe_runner layout is 0.5.11+
+        calls_tp_group = False
+    assert calls_tp_group == version_in(sglang_engine, fact.versions)
+    impl = REGISTRY.impl("fused_experts", "sglang")
+    if not hasattr(impl, "build_call") or "moe_runner_config" not in inspect.signature(impl.target).parameters:
+        assert not calls_tp_group
+        return
+    w1, w2, qc = _weights(None, {})
+    x = torch.randn(3, 64)
+    tw, ti = mc.select_experts(x, torch.randn(3, 4), 2, backend="reference")
+    args, _, copy_back = impl.build_call(x, w1, w2, tw, ti, mc.Activation.SILU, qc, None, 4, False, False)
+    assert args[-1].inplace is calls_tp_group and copy_back is False
+    assert (args[0] is not x and torch.equal(args[0], x)) if calls_tp_group else args[0] is x
+    args, _, copy_back = impl.build_call(x, w1, w2, tw, ti, mc.Activation.SILU, qc, None, 4, False, True)
+    assert args[0] is x and args[-1].inplace is calls_tp_group and copy_back is not calls_tp_group
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_config_dtype_str_equals_engine(sglang_engine, dtype):
     impl = REGISTRY.resolution("get_config_dtype_str", "sglang")
