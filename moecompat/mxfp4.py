@@ -269,7 +269,8 @@ def decide_mxfp4_backend(capability: tuple[int, int] | None, *, has_flashinfer: 
     CUDA SM90 + FlashInfer + ``VLLM_USE_FLASHINFER_MOE_MXFP4_BF16=1`` -> FlashInfer CUTLASS bf16;
     SM100 + FlashInfer -> TRT-LLM mxfp8 (``VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1``), CUTLASS mxfp8
     (``..._MXFP8_CUTLASS=1``) or TRT-LLM bf16; otherwise SM90-SM10x with triton_kernels -> Triton,
-    else Marlin (also when ``VLLM_MXFP4_USE_MARLIN=1``); ROCm: AITER on gfx950, else Triton when
+    else Marlin (also when ``VLLM_MXFP4_USE_MARLIN=1``, which vLLM reads before 0.24 only; from
+    0.24 a layer's ``moe_backend`` forces a backend); ROCm: AITER on gfx950, else Triton when
     triton_kernels is there; no GPU -> none.
     """
     e = dict(_os.environ if env is None else env)

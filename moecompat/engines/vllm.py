@@ -24,6 +24,10 @@ from .base import TRITON_SCHEME_FLAGS, Engine, mask_expert_map
 
 _log = logging.getLogger("moecompat")
 
+# Found on an H100: vLLM 0.24's oracle ignores the variable (gone from vllm.envs); a layer's
+# FusedMoEConfig.moe_backend ("--moe-backend marlin") forces the backend instead.
+MXFP4_MARLIN_ENV = "VLLM_MXFP4_USE_MARLIN forces the Marlin MXFP4 MoE backend"
+
 FM = "vllm.model_executor.layers.fused_moe"
 FMM = f"{FM}.fused_moe"
 
@@ -91,6 +95,7 @@ FACTS: tuple[VersionFact, ...] = (
     VersionFact("FusedMoEConfig(intermediate_size) (was intermediate_size_per_partition)", ">=0.24", f"{FM}.config:FusedMoEConfig", "param", "intermediate_size"),
     VersionFact("MoEActivation in fused_moe/activation.py", ">=0.17", f"{FM}.activation:MoEActivation"),
     VersionFact("FusedMoEParallelConfig.make_no_parallel", ">=0.15", f"{FM}.config:FusedMoEParallelConfig.make_no_parallel"),
+    VersionFact(MXFP4_MARLIN_ENV, ">=0.10,<0.24", "vllm.envs", kind="behaviour"),
     VersionFact("select_mxfp4_moe_backend(config, activation_key)", ">=0.21", f"{FM}.oracle.mxfp4:select_mxfp4_moe_backend", "param", "activation_key"),
     VersionFact("mxfp4_round_up_hidden_size_and_intermediate_size(..., activation)", ">=0.28", f"{FM}.oracle.mxfp4:mxfp4_round_up_hidden_size_and_intermediate_size", "param", "activation"),
     VersionFact("FusedMoEPermuteExpertsUnpermute.supports_expert_map", ">=0.9,<0.17", f"{FM}.modular_kernel:FusedMoEPermuteExpertsUnpermute.supports_expert_map"),

@@ -301,6 +301,17 @@ def test_select_mxfp4_backend_without_a_device(vllm_engine):
     assert mxfp4.select_mxfp4_backend(backend="vllm", with_lora_support=True) is mxfp4.Mxfp4Backend.NONE
 
 
+def test_mxfp4_marlin_env_fact(vllm_engine):
+    """Fact MXFP4_MARLIN_ENV, pinned on the installed release: vllm.envs knows
+    VLLM_MXFP4_USE_MARLIN exactly where the fact says (gone at 0.24, found on an H100)."""
+    import vllm.envs
+
+    from moecompat.engines.vllm import MXFP4_MARLIN_ENV
+
+    fact = vllm_engine.fact(MXFP4_MARLIN_ENV)
+    assert ("VLLM_MXFP4_USE_MARLIN" in vllm.envs.environment_variables) == version_in(vllm_engine, fact.versions)
+
+
 _ORACLE_ON_CPU = """
 import json, logging
 from moecompat import mxfp4

@@ -187,7 +187,8 @@ def test_expert_map_sum_over_ranks(gpu_engine, record, shape_name, scheme_name, 
 def test_select_mxfp4_backend_on_device(gpu_engine, record, monkeypatch):
     """``select_mxfp4_backend`` asks the installed engine on this GPU (vLLM >= 0.19: its oracle
     on the FusedMoEConfig moecompat builds for gpt-oss-120b) and agrees with moecompat's
-    documented decision table; ``VLLM_MXFP4_USE_MARLIN=1`` moves both to Marlin."""
+    documented decision table; ``VLLM_MXFP4_USE_MARLIN=1`` moves both to Marlin where the
+    release still reads it (fact MXFP4_MARLIN_ENV: < 0.24), and changes nothing after."""
     from moecompat import mxfp4
 
     if gpu_engine.name != "vllm":
@@ -202,6 +203,9 @@ def test_select_mxfp4_backend_on_device(gpu_engine, record, monkeypatch):
             break
         except (ImportError, AttributeError):
             continue
+    from moecompat.engines.vllm import MXFP4_MARLIN_ENV
+
+    reads_marlin_env = gpu_engine.fact(MXFP4_MARLIN_ENV).holds_for(gpu_engine.version())
     cap = tuple(torch.cuda.get_device_capability(0))
     kw = dict(has_flashinfer=importlib.util.find_spec("flashinfer") is not None, has_triton_kernels=has_tk)
     got = {}
@@ -209,13 +213,15 @@ def test_select_mxfp4_backend_on_device(gpu_engine, record, monkeypatch):
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         engine_answer = mxfp4.select_mxfp4_backend(backend="vllm")
-        table = mxfp4.decide_mxfp4_backend(cap, **kw, env=dict(os.environ))
+        table_env = dict(os.environ) if reads_marlin_env else {k: v for k, v in os.environ.items() if k != "VLLM_MXFP4_USE_MARLIN"}
+        table = mxfp4.decide_mxfp4_backend(cap, **kw, env=table_env)
         got[str(env)] = (engine_answer.value, table.value)
     lora = mxfp4.select_mxfp4_backend(backend="vllm", with_lora_support=True)
     own = mxfp4.select_mxfp4_backend(backend="vllm", moe_config=mxfp4.engine_moe_config(mxfp4.GPT_OSS_20B, engine="vllm"))
     ok = all(a == b for a, b in got.values())
     record(test="select_mxfp4_backend", variant="oracle" if gpu_engine.version() >= Version("0.19") else "get_mxfp4_backend",
-           answers=got, lora=lora.value, gpt_oss_20b=own.value, triton_kernels=has_tk, capability=list(cap), ok=ok)
+           answers=got, lora=lora.value, gpt_oss_20b=own.value, triton_kernels=has_tk, capability=list(cap),
+           reads_marlin_env=reads_marlin_env, ok=ok)
     for env, (engine_answer, table) in got.items():
         assert engine_answer == table, f"env {env}: vLLM chose {engine_answer}, the table says {table}"
     assert isinstance(lora, mxfp4.Mxfp4Backend) and own.value == got["{}"][0]
