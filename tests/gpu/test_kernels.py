@@ -140,7 +140,9 @@ def test_expert_map_sum_over_ranks(gpu_engine, record, shape_name, scheme_name, 
     """Expert parallelism on one GPU: each of 2 ranks runs the engine on its local experts with
     its expert map; the sum over ranks equals the engine's single-rank output and the reference.
     ``fp8-tensor-static-a1`` is the scalar activation scale that vLLM PR #43108 found dropped on
-    the DP/EP path (a1q_scale)."""
+    the DP/EP path (a1q_scale). Tolerance: the scheme's. With *dynamic* per-tensor fp8 each rank
+    computes its activation scale over the tokens it holds, so its grid differs from the
+    single-rank one (~3% observed on an H100); the other schemes agree to bf16 rounding."""
     tokens, world = 257, 2
     opts = dict(opts)
     static_a1 = opts.pop("static_a1", False)
