@@ -369,7 +369,7 @@ GPT_OSS_20B = MoELayerSpec(num_experts=32)
 def engine_moe_config(layer: MoELayerSpec | None = None, *, with_lora_support: bool = False,
                       device: _Any = None, engine: str = "auto") -> _Any:
     """The engine's own per-layer MoE config object built from ``layer`` (default gpt-oss-120b):
-    vLLM's ``FusedMoEConfig`` (>= 0.19; single-rank parallel config, ``moe_backend="auto"``),
+    vLLM's ``FusedMoEConfig`` (>= 0.17; single-rank parallel config, ``moe_backend="auto"``),
     whose fields change between releases. ``device`` defaults to ``"cuda"`` when available.
     Raises :class:`UnsupportedFeatureError` where the engine has no such object."""
     from .backends import get_impl

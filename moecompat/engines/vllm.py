@@ -568,13 +568,14 @@ _MX_ENUMS = (Location(f"{FM}.oracle.mxfp4", "Mxfp4MoeBackend", ">=0.19"),
 
 @ENGINE.adapter("moe_layer_config")
 def _build_moe_layer_config(engine: Engine) -> Resolution:
-    """vLLM's per-layer ``FusedMoEConfig`` from a :class:`moecompat.mxfp4.MoELayerSpec`. Its
+    """vLLM's per-layer ``FusedMoEConfig`` (>= 0.17, where ``MoEActivation`` exists) from a
+    :class:`moecompat.mxfp4.MoELayerSpec`. Its
     required fields drift (``intermediate_size_per_partition`` -> ``intermediate_size`` at 0.24,
     new defaulted fields most releases): the keyword set is bound to the installed dataclass."""
-    _, cls = engine.find([Location(f"{FM}.config", "FusedMoEConfig", ">=0.19")])
-    _, parallel_cls = engine.find([Location(f"{FM}.config", "FusedMoEParallelConfig", ">=0.19")])
-    _, activation_enum = engine.find([Location(f"{FM}.activation", "MoEActivation", ">=0.19")])
-    _, routing_enum = engine.find([Location(f"{FM}.config", "RoutingMethodType", ">=0.19")])
+    _, cls = engine.find([Location(f"{FM}.config", "FusedMoEConfig", ">=0.17")])
+    _, parallel_cls = engine.find([Location(f"{FM}.config", "FusedMoEParallelConfig", ">=0.17")])
+    _, activation_enum = engine.find([Location(f"{FM}.activation", "MoEActivation", ">=0.17")])
+    _, routing_enum = engine.find([Location(f"{FM}.config", "RoutingMethodType", ">=0.17")])
     sig = inspect.signature(cls)
     size_field = "intermediate_size" if "intermediate_size" in sig.parameters else "intermediate_size_per_partition"
     routing_by_name = {m.name.lower(): m for m in routing_enum}

@@ -17,7 +17,7 @@ from tests.engines.conftest import assert_routing_matches_reference, version_in
 
 # Entry points a version is allowed to lack, with the versions that have them.
 EXPECTED_UNSUPPORTED = {"make_expert_map": ">=0.8", "select_mxfp4_backend": ">=0.10", "mxfp4_round_up": ">=0.19",
-                        "mxfp4_convert": ">=0.19", "moe_layer_config": ">=0.19"}
+                        "mxfp4_convert": ">=0.19", "moe_layer_config": ">=0.17"}
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
@@ -271,7 +271,7 @@ def test_engine_moe_config_from_neutral_spec(vllm_engine):
 
     spec = mxfp4.MoELayerSpec(num_experts=32, top_k=2, hidden_size=256, intermediate_size=128,
                               dtype=torch.float16, activation="silu", has_bias=False)
-    if not version_in(vllm_engine, ">=0.19"):
+    if not version_in(vllm_engine, ">=0.17"):
         with pytest.raises(mc.UnsupportedFeatureError):
             mxfp4.engine_moe_config(spec, engine="vllm")
         return
