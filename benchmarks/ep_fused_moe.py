@@ -50,18 +50,9 @@ def _problem(shape: str, dtype_name: str, device: str, seed: int = 0):
     return w1q, w2q, qc, act
 
 
-def _local_config(qc, owned):
-    import moecompat as mc
-
-    if qc is None:
-        return None
-    return mc.make_quant_config(qc.scheme, w1_scale=qc.w1_scale[owned], w2_scale=qc.w2_scale[owned],
-                                block_shape=qc.block_shape, per_out_ch_quant=qc.per_out_ch_quant,
-                                per_act_token_quant=qc.per_act_token_quant)
-
-
 def _worker(rank: int, args: argparse.Namespace, init: str, out_path: str) -> None:
     import moecompat as mc
+    from moecompat.ep import shard_experts
 
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     device = f"cuda:{rank}" if args.device == "cuda" else "cpu"
@@ -72,10 +63,7 @@ def _worker(rank: int, args: argparse.Namespace, init: str, out_path: str) -> No
     w1, w2, qc, act = _problem(args.shape, args.dtype, device)
     n_local, emap = mc.make_expert_map(args.world_size, rank, e, args.placement, backend="reference")
     emap = emap.to(device)
-    owned = (emap >= 0).nonzero().flatten()
-    owned = owned[emap[owned].argsort()]
-    lw1, lw2 = w1[owned].contiguous(), w2[owned].contiguous()
-    lqc = _local_config(qc, owned)
+    lw1, lw2, lqc = shard_experts(w1, w2, qc, emap)
     rows = []
     for tokens in args.tokens:
         g = torch.Generator(device=device).manual_seed(1000 + tokens)

@@ -8,9 +8,14 @@ classes that declared ``False`` in the last release that had the method (0.22).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-__all__ = ["IGNORES_EXPERT_MAP", "ep_moe_layer_class", "supports_expert_map"]
+import torch
+
+from .errors import InvalidInputError
+
+__all__ = ["IGNORES_EXPERT_MAP", "ep_moe_layer_class", "local_expert_ids", "shard_experts", "supports_expert_map"]
 
 #: Experts classes whose ``supports_expert_map()`` returned False in vLLM 0.20-0.22 (they apply no
 #: expert map; after #43108 they silently ignore one).
@@ -63,3 +68,36 @@ def ep_moe_layer_class(quant_config: Any = None, *, backend: str = "auto") -> An
     from .backends import get_impl
 
     return get_impl("ep_moe_layer_class", backend, True)(quant_config)
+
+
+def local_expert_ids(expert_map: torch.Tensor) -> torch.Tensor:
+    """Global ids of this rank's experts in local order (``ids[j]`` is local expert ``j``), from
+    ``expert_map: [global_num_experts]`` int (local id, -1 for experts of other ranks) as
+    :func:`moecompat.make_expert_map` returns it."""
+    if expert_map.dim() != 1 or expert_map.dtype.is_floating_point:
+        raise InvalidInputError("expert_map", "a 1-D integer tensor [global_num_experts]",
+                                f"{list(expert_map.shape)} {expert_map.dtype}")
+    owned = (expert_map >= 0).nonzero().flatten()
+    return owned[expert_map[owned].argsort()]
+
+
+def shard_experts(w1: torch.Tensor, w2: torch.Tensor, quant_config: Any, expert_map: torch.Tensor,
+                  ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """This rank's slice of global expert weights, in local order: ``(w1_local [E_local, 2*I, H],
+    w2_local [E_local, H, I], quant_config_local)``, to call ``fused_experts(..., expert_map=
+    expert_map)`` with. Per-expert scales and zero points are sliced; per-tensor activation
+    scales (``a1_scale``/``a2_scale``) are kept. ``quant_config``: a ``QuantConfig`` or None."""
+    from .quant import QuantConfig
+
+    if expert_map.numel() != w1.shape[0] or w2.shape[0] != w1.shape[0]:
+        raise InvalidInputError("expert_map", f"one entry per global expert ({w1.shape[0]} in w1, {w2.shape[0]} in w2)",
+                                f"{expert_map.numel()} entries")
+    if quant_config is not None and not isinstance(quant_config, QuantConfig):
+        raise InvalidInputError("quant_config", "a moecompat QuantConfig or None", type(quant_config).__name__)
+    ids = local_expert_ids(expert_map).to(w1.device)
+    local_qc = quant_config
+    if quant_config is not None:
+        local_qc = dataclasses.replace(quant_config, **{
+            name: getattr(quant_config, name)[ids.to(getattr(quant_config, name).device)]
+            for name in ("w1_scale", "w2_scale", "w1_zp", "w2_zp") if getattr(quant_config, name) is not None})
+    return w1[ids].contiguous(), w2[ids].contiguous(), local_qc

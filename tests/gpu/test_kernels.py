@@ -23,6 +23,7 @@ from packaging.version import Version
 
 import moecompat as mc
 from moecompat import quant
+from moecompat.ep import shard_experts
 
 TOL = {None: 2.5e-2, "int8_w8a16": 2.5e-2, "int4_w4a16": 2.5e-2, "fp8_w8a8": 6e-2, "int8_w8a8": 6e-2}
 
@@ -117,16 +118,10 @@ def test_expert_map_ranks(gpu_engine, record, shape_name, scheme_name, scheme, o
     w1, w2, qc, dtype = _weights(shape_name, scheme_name, scheme, opts)
     e = w1.shape[0]
     n_local, emap = mc.make_expert_map(2, 1, e, "round_robin", backend="reference")
-    owned = torch.arange(1, e, 2, device="cuda")
-    sub = qc
-    if qc is not None:
-        s1, s2 = qc.w1_scale[owned], qc.w2_scale[owned]
-        sub = mc.make_quant_config(scheme, w1_scale=s1, w2_scale=s2, block_shape=qc.block_shape,
-                                   per_out_ch_quant=qc.per_out_ch_quant, per_act_token_quant=qc.per_act_token_quant)
+    local_w1, local_w2, sub = shard_experts(w1, w2, qc, emap)
     x, topk = _routing(shape_name, tokens, dtype)
     case = dict(test="expert_map", shape=shape_name, scheme=scheme, variant=scheme_name, tokens=tokens)
-    _compare(record, gpu_engine, case, x, w1[owned].contiguous(), w2[owned].contiguous(), topk,
-             quant_config=sub, expert_map=emap.cuda())
+    _compare(record, gpu_engine, case, x, local_w1, local_w2, topk, quant_config=sub, expert_map=emap.cuda())
 
 
 EP_SCHEMES = [SCHEMES[0], SCHEMES[2], ("fp8-tensor-static-a1", "fp8_w8a8", {"static_a1": True}), SCHEMES[4]]
@@ -161,15 +156,9 @@ def test_expert_map_sum_over_ranks(gpu_engine, record, shape_name, scheme_name, 
     total = torch.zeros_like(full, dtype=torch.float32)
     for rank in range(world):
         _, emap = mc.make_expert_map(world, rank, e, placement, backend="reference")
-        owned = (emap >= 0).nonzero().flatten().cuda()
-        owned = owned[emap.cuda()[owned].argsort()]  # local expert j is global owned[j]
-        sub = qc
-        if qc is not None:
-            sub = mc.make_quant_config(scheme, w1_scale=qc.w1_scale[owned], w2_scale=qc.w2_scale[owned],
-                                       a1_scale=qc.a1_scale, a2_scale=qc.a2_scale, block_shape=qc.block_shape,
-                                       per_out_ch_quant=qc.per_out_ch_quant, per_act_token_quant=qc.per_act_token_quant)
-        part = mc.fused_experts(x, w1[owned].contiguous(), w2[owned].contiguous(), *topk, quant_config=sub,
-                                expert_map=emap.cuda(), backend=gpu_engine.name)
+        local_w1, local_w2, sub = shard_experts(w1, w2, qc, emap)
+        part = mc.fused_experts(x, local_w1, local_w2, *topk, quant_config=sub, expert_map=emap.cuda(),
+                                backend=gpu_engine.name)
         total += part.float()
     torch.cuda.synchronize()
     tol = TOL[scheme]

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import moecompat as mc
 from moecompat import quant
+from moecompat.ep import local_expert_ids
 from tests.oracle import naive_fused_experts, rel_err
 
 # Tolerances (relative Frobenius error vs the float64 oracle):
@@ -67,8 +68,7 @@ def test_expert_parallel_ranks_sum_to_single_rank():
         total = torch.zeros_like(full)
         for rank in range(3):
             n_local, emap = mc.make_expert_map(3, rank, 8, placement, backend="reference")
-            owned = (emap >= 0).nonzero().flatten()
-            owned = owned[emap[owned].argsort()]
+            owned = local_expert_ids(emap)
             assert owned.numel() == n_local
             total += mc.fused_experts(x, w1[owned], w2[owned], *topk, expert_map=emap)
         torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-6)
@@ -157,3 +157,36 @@ def test_fused_moe_is_select_then_experts():
     out = mc.fused_moe(x, w1, w2, logits, 2, renormalize=False)
     topk = mc.select_experts(x, logits, 2, renormalize=False)
     torch.testing.assert_close(out, mc.fused_experts(x, w1, w2, *topk))
+
+
+@pytest.mark.parametrize("placement", ["linear", "round_robin"])
+def test_shard_experts_sum_over_ranks_with_static_scales(placement):
+    """``shard_experts`` slices weights and per-expert scales in local order and keeps the
+    per-tensor activation scales: the ranks' outputs sum to the single-rank output."""
+    from moecompat.ep import shard_experts
+
+    x, w1, w2, topk = _problem(13, 8, 2, 32, 16, torch.bfloat16, seed=4)
+    a_scale = torch.tensor([x.float().abs().max().item() / quant.FP8_MAX])
+    q1, q2, qc = quant.quantize_moe_weights(w1.float(), w2.float(), "fp8_w8a8", a1_scale=a_scale, a2_scale=a_scale)
+    full = mc.fused_experts(x, q1, q2, *topk, quant_config=qc)
+    total = torch.zeros_like(full, dtype=torch.float32)
+    for rank in range(2):
+        _, emap = mc.make_expert_map(2, rank, 8, placement)
+        l1, l2, lqc = shard_experts(q1, q2, qc, emap)
+        ids = local_expert_ids(emap)
+        assert l1.shape[0] == 4 and torch.equal(l1, q1[ids]) and torch.equal(lqc.w1_scale, qc.w1_scale[ids])
+        assert lqc.a1_scale is qc.a1_scale and lqc.a2_scale is qc.a2_scale
+        total += mc.fused_experts(x, l1, l2, *topk, quant_config=lqc, expert_map=emap).float()
+    assert rel_err(total, full) <= 1e-2
+
+
+def test_shard_experts_rejects_bad_input():
+    from moecompat.ep import shard_experts
+
+    w1, w2 = torch.randn(4, 8, 4), torch.randn(4, 4, 4)
+    with pytest.raises(mc.InvalidInputError, match="expert_map"):
+        shard_experts(w1, w2, None, torch.tensor([0, 1, -1], dtype=torch.int32))
+    with pytest.raises(mc.InvalidInputError, match="expert_map"):
+        local_expert_ids(torch.zeros(2, 2, dtype=torch.int32))
+    with pytest.raises(mc.InvalidInputError, match="quant_config"):
+        shard_experts(w1, w2, "fp8", torch.tensor([0, 1, -1, -1], dtype=torch.int32))  # type: ignore[arg-type]
