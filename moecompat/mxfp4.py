@@ -366,6 +366,14 @@ GPT_OSS_120B = MoELayerSpec()
 GPT_OSS_20B = MoELayerSpec(num_experts=32)
 
 
+def _layer_or_default(layer: MoELayerSpec | None) -> MoELayerSpec:
+    if layer is None:
+        return GPT_OSS_120B
+    if not isinstance(layer, MoELayerSpec):
+        raise InvalidInputError("layer", "a moecompat.mxfp4.MoELayerSpec", type(layer).__name__)
+    return layer
+
+
 def engine_moe_config(layer: MoELayerSpec | None = None, *, with_lora_support: bool = False,
                       device: _Any = None, engine: str = "auto") -> _Any:
     """The engine's own per-layer MoE config object built from ``layer`` (default gpt-oss-120b):
@@ -374,9 +382,13 @@ def engine_moe_config(layer: MoELayerSpec | None = None, *, with_lora_support: b
     Raises :class:`UnsupportedFeatureError` where the engine has no such object."""
     from .backends import get_impl
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return get_impl("moe_layer_config", engine, True)(layer or GPT_OSS_120B, with_lora_support, torch.device(device))
+    layer = _layer_or_default(layer)
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise InvalidInputError("device", "a torch.device or device string", repr(device)) from None
+    return get_impl("moe_layer_config", engine, True)(layer, with_lora_support, device)
 
 
 def select_mxfp4_backend(*, layer: MoELayerSpec | None = None, with_lora_support: bool = False,
@@ -397,9 +409,8 @@ def select_mxfp4_backend(*, layer: MoELayerSpec | None = None, with_lora_support
     """
     from .backends import get_impl
 
-    if layer is not None and not isinstance(layer, MoELayerSpec):
-        raise InvalidInputError("layer", "a moecompat.mxfp4.MoELayerSpec", type(layer).__name__)
-    return get_impl("select_mxfp4_backend", backend, True)(with_lora_support, moe_config, layer or GPT_OSS_120B)
+    layer = _layer_or_default(layer)
+    return get_impl("select_mxfp4_backend", backend, True)(with_lora_support, moe_config, layer)
 
 
 def round_up_hidden_and_intermediate(backend: Mxfp4Backend | str, hidden_size: int, intermediate_size: int,

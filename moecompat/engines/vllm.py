@@ -581,7 +581,9 @@ def _build_moe_layer_config(engine: Engine) -> Resolution:
     routing_by_name = {m.name.lower(): m for m in routing_enum}
     activation_by_value = {m.value: m for m in activation_enum}
 
-    def impl(layer, with_lora_support, device):
+    def impl(layer, with_lora_support, device=None):
+        if device is None:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         activation = activation_by_value.get(layer.activation)
         if activation is None:
             raise engine.unsupported(f"activation {layer.activation!r} in FusedMoEConfig",
@@ -652,7 +654,7 @@ def _build_select_mxfp4(engine: Engine) -> Resolution:
                 # the reference table answer NONE there; so does moecompat on the oracle versions.
                 return mx.Mxfp4Backend.NONE
             if moe_config is None:
-                moe_config = build_config.impl(layer, with_lora_support, _default_device())
+                moe_config = build_config.impl(layer, with_lora_support)
             try:
                 if config_or_none() is not None:  # inside the caller's own vLLM config (a live model)
                     out = oracle(moe_config)
@@ -702,10 +704,6 @@ def _gpt_oss_model_dir(layer: Any) -> str:
     with open(f"{path}/config.json", "w") as f:
         json.dump(config, f)
     return path
-
-
-def _default_device() -> Any:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @ENGINE.adapter("mxfp4_round_up")

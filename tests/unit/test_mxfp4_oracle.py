@@ -72,6 +72,13 @@ def test_layer_spec_validates_and_defaults_to_gpt_oss_120b():
         mxfp4.select_mxfp4_backend(layer="gpt-oss", backend="reference")  # type: ignore[arg-type]
 
 
+def test_engine_moe_config_rejects_bad_input():
+    with pytest.raises(mc.InvalidInputError, match="layer"):
+        mxfp4.engine_moe_config("gpt-oss", engine="reference")  # type: ignore[arg-type]
+    with pytest.raises(mc.InvalidInputError, match="device"):
+        mxfp4.engine_moe_config(device="gpu0", engine="reference")
+
+
 def test_engine_moe_config_needs_an_engine():
     with pytest.raises(mc.UnsupportedFeatureError, match="moe_layer_config"):
         mxfp4.engine_moe_config(engine="reference")
