@@ -14,12 +14,18 @@ Environment:
     MOECOMPAT_OFFLINE=1        install from the wheelhouse only (pip --no-index), for air-gapped machines
     MOECOMPAT_PREINSTALLED=1   GPU sessions: the engine is already importable; check its version, install nothing
     MOECOMPAT_SYSTEM_TORCH=1   GPU sessions: no virtualenv; install into and test with the running interpreter (its GPU torch)
+    MOECOMPAT_KEEP_VENVS=1     keep each engine session's virtualenv after it ran (default: delete it, see _release_venv)
+
+Disk: an engine virtualenv holds 1.5-7 GB (SGLang 0.5.x needs a CUDA torch build for torchvision), so
+the full matrix kept would need well over 100 GB. Engine sessions therefore delete their virtualenv
+when they end, and under CI (CI set) pip keeps no cache: a run needs room for one engine env at a time.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import sys
 
 import nox
@@ -32,6 +38,10 @@ RESULTS = ROOT / "docs/results"
 
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint"]
+
+if os.environ.get("CI"):
+    # Every wheel is downloaded once per CI run anyway; a cache only adds its size to the disk used.
+    os.environ.setdefault("PIP_NO_CACHE_DIR", "1")
 
 
 def _pip_source_args() -> list[str]:
@@ -50,6 +60,21 @@ def _install(session: nox.Session, *args: str) -> None:
         session.run("python", "-m", "pip", "install", "--no-build-isolation", *_pip_source_args(), *args)
     else:
         session.install(*_pip_source_args(), *args)
+
+
+def _log_free_disk(session: nox.Session) -> None:
+    where = session.virtualenv.location if session.venv_backend != "none" else str(ROOT)
+    free = shutil.disk_usage(pathlib.Path(where).parent).free
+    session.log(f"free disk where the environment lives: {free / 2**30:.1f} GiB (an engine env needs up to ~7 GiB)")
+
+
+def _release_venv(session: nox.Session) -> None:
+    """Delete the session's virtualenv (see the module docstring); MOECOMPAT_KEEP_VENVS=1 keeps it."""
+    if session.venv_backend == "none" or os.environ.get("MOECOMPAT_KEEP_VENVS") == "1":
+        return
+    location = session.virtualenv.location
+    session.log(f"deleting {location} (set MOECOMPAT_KEEP_VENVS=1 to keep it)")
+    shutil.rmtree(location, ignore_errors=True)
 
 
 def _group(engine: str, version: str) -> dict:
@@ -93,6 +118,14 @@ def _surface(session: nox.Session, engine: str, version: str) -> None:
     versions = session.posargs or [version]
     if session.posargs and version != ENVS[engine]["versions"][0]:
         session.skip(f"versions given on the command line ({session.posargs}) run in the first parametrization only")
+    _log_free_disk(session)
+    try:
+        _surface_versions(session, engine, versions)
+    finally:
+        _release_venv(session)
+
+
+def _surface_versions(session: nox.Session, engine: str, versions: list[str]) -> None:
     for v in versions:
         group = _group(engine, v)
         _install(session, f"torch=={group.get('torch', CPU_TORCH)}")
