@@ -323,6 +323,11 @@ log = logging.getLogger("moecompat")
 log.addHandler(handler)
 log.setLevel(logging.INFO)
 out = {"platform": type(current_platform).__name__, "is_cpu": current_platform.is_cpu()}
+try:  # vLLM's own CPU MXFP4 kernel (0.28+): x86 with AMX tiles only
+    from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUExpertsMxfp4
+    out["cpu_kernel"] = bool(CPUExpertsMxfp4._supports_current_device())
+except ImportError:
+    out["cpu_kernel"] = False
 if out["is_cpu"]:
     out["default"] = mxfp4.select_mxfp4_backend(backend="vllm").value
     own = mxfp4.engine_moe_config(mxfp4.GPT_OSS_20B, engine="vllm", device="cpu")
@@ -335,9 +340,10 @@ print("RESULT " + json.dumps(out))
 def test_select_mxfp4_backend_runs_the_oracle_on_the_cpu_platform(vllm_engine):
     """With ``VLLM_TARGET_DEVICE=cpu`` (where the release honours it) vLLM runs on its CPU
     platform, so the real oracle is called, inside the gpt-oss deployment config moecompat builds
-    (and with a caller's own ``moe_config``). No MXFP4 kernel of this (CUDA) wheel supports a CPU
-    deployment: the oracle's refusal (NotImplementedError, or from 0.28 a ValueError naming the
-    CPU backend) becomes NONE, with its reasons in the ``moecompat`` log."""
+    (and with a caller's own ``moe_config``). Where vLLM's CPU MXFP4 kernel supports this host
+    (0.28+, x86 with AMX tiles, as that kernel class itself says) the answer is CPU; elsewhere the
+    oracle refuses (NotImplementedError, or from 0.28 a ValueError naming the CPU backend) and the
+    answer is NONE, with the oracle's reasons in the ``moecompat`` log."""
     import json
     import os
     import subprocess
@@ -351,8 +357,12 @@ def test_select_mxfp4_backend_runs_the_oracle_on_the_cpu_platform(vllm_engine):
     out = json.loads(proc.stdout.split("RESULT ", 1)[1])
     if not out["is_cpu"]:
         pytest.skip(f"vllm {vllm_engine.version()} ignores VLLM_TARGET_DEVICE=cpu here ({out['platform']})")
-    assert out["default"] == out["own_config"] == "none"
-    assert len(out["logged"]) == 2 and all("deployment configuration" in m for m in out["logged"]), out["logged"]
+    if out["cpu_kernel"]:
+        assert (out["default"], out["own_config"]) == ("cpu", "cpu"), out
+        assert not any("deployment configuration" in m for m in out["logged"]), out["logged"]
+    else:
+        assert (out["default"], out["own_config"]) == ("none", "none"), out
+        assert len(out["logged"]) == 2 and all("deployment configuration" in m for m in out["logged"]), out["logged"]
 
 
 def _call_with(fn, **values):
