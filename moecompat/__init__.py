@@ -4,10 +4,10 @@
 
 Importing moecompat never imports an engine; engines are imported the first time an adapter
 that needs them is resolved. With no engine installed everything runs on the pure-PyTorch
-reference backend.
+reference backend. The names below are the stable public surface (a test pins them).
 """
 
-from . import mxfp4, quant
+from . import mx, mxfp4, ops, quant
 from ._checks import set_debug
 from ._version import __version__
 from .api import (
@@ -20,12 +20,16 @@ from .api import (
     to_engine_quant_config,
 )
 from .errors import (
+    EngineDriftError,
     EngineImportError,
+    EngineNotInstalledError,
     InvalidInputError,
+    MissingDependencyError,
     MoECompatError,
     MoECompatWarning,
     UnsupportedFeatureError,
 )
+from .experts import MoEExperts
 from .info import EngineInfo, engine_info
 from .quant import (
     ExpertGroup,
@@ -37,18 +41,29 @@ from .quant import (
     make_quant_config,
 )
 from .tracker import ExpertActivationTracker
+from .tuning import (
+    get_config_file_name,
+    get_default_config,
+    get_moe_configs,
+    override_config,
+    tuned_config_location,
+)
 from .vocab import Activation, QuantScheme, ScoringFunc, TopK
 
 __all__ = [
     "Activation",
+    "EngineDriftError",
     "EngineImportError",
     "EngineInfo",
+    "EngineNotInstalledError",
     "ExpertActivationTracker",
     "ExpertGroup",
     "InvalidInputError",
+    "MissingDependencyError",
     "MixedQuantConfig",
     "MoECompatError",
     "MoECompatWarning",
+    "MoEExperts",
     "PerExpertQuantConfig",
     "QuantConfig",
     "QuantScheme",
@@ -60,14 +75,21 @@ __all__ = [
     "fused_experts",
     "fused_moe",
     "get_config_dtype_str",
+    "get_config_file_name",
+    "get_default_config",
+    "get_moe_configs",
     "make_expert_map",
     "make_mixed_quant_config",
     "make_per_expert_quant_config",
     "make_quant_config",
     "moe_align_block_size",
+    "mx",
     "mxfp4",
+    "ops",
+    "override_config",
     "quant",
     "select_experts",
     "set_debug",
     "to_engine_quant_config",
+    "tuned_config_location",
 ]

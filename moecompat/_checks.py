@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ._scalars import check_bool, check_int, check_real, describe
 from .errors import InvalidInputError
 from .quant import (
     MixedQuantConfig,
@@ -70,7 +71,7 @@ def _id_set(low: int, high: int) -> frozenset[int]:
     return s
 
 
-def check_ids_range(name: str, ids: torch.Tensor, low: int, high: int) -> None:
+def check_ids_range(name: str, ids: torch.Tensor, low: int, high: int, hint: str = "") -> None:
     """Value check ``low <= ids < high`` on CPU tensors, or on CUDA tensors in debug mode."""
     if ids.is_cuda and not _debug:
         return
@@ -88,7 +89,22 @@ def check_ids_range(name: str, ids: torch.Tensor, low: int, high: int) -> None:
         lo_t, hi_t = torch.aminmax(ids)
         lo, hi = int(lo_t), int(hi_t)
     if lo < low or hi >= high:
-        raise _fail(name, f"values in [{low}, {high})", f"values in [{lo}, {hi}]")
+        raise _fail(name, f"values in [{low}, {high})", f"values in [{lo}, {hi}]", hint)
+
+
+def topk_ids_hint(expert_map: torch.Tensor | None) -> str:
+    """What a ``topk_ids`` range error means when the range came from an expert map."""
+    if expert_map is None:
+        return ""
+    return (f"global expert ids: expert_map has {expert_map.shape[0]} entries, one per global expert; "
+            "if the ids are right, expert_map (or global_num_experts) is too short")
+
+
+def check_expert_map_values(expert_map: torch.Tensor, num_local: int) -> None:
+    """Every ``expert_map`` entry is a local expert id or -1 (CPU, or CUDA in debug mode). Runs
+    on every call: a load balancer may rewrite the map in place between calls."""
+    check_ids_range("expert_map", expert_map, -1, num_local,
+                    f"local expert ids of this rank's {num_local} experts (w1.shape[0]) or -1 for experts of other ranks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +144,9 @@ def _validated_weights(
     if hit is not None and hit[1] is qc and hit[2] is expert_map and hit[3] == global_num_experts \
             and hit[4] is act_dtype and hit[0][0]() is w1 and hit[0][1]() is w2:
         info: WeightInfo = hit[5]
+        # Metadata cannot change in place; the map's values can (EPLB rewrites it): re-check.
+        if expert_map is not None:
+            check_expert_map_values(expert_map, info.num_local)
         return info
     info = _check_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, ref)
     if len(_weight_cache) >= _WEIGHT_CACHE_MAX:
@@ -143,7 +162,7 @@ def _validated_weights(
 
 def _check_weights(
     w1: torch.Tensor, w2: torch.Tensor, qc: QuantConfig | MixedQuantConfig, expert_map: torch.Tensor | None,
-    global_num_experts: int, act_dtype: torch.dtype, ref: torch.Tensor,
+    global_num_experts: int, act_dtype: torch.dtype, ref: torch.Tensor, values: bool = True,
 ) -> WeightInfo:
     for name, t in (("w1", w1), ("w2", w2)):
         if not isinstance(t, torch.Tensor):
@@ -190,8 +209,12 @@ def _check_weights(
         _check_same_device("expert_map", expert_map, "hidden_states", ref)
         if global_num_experts not in (-1, expert_map.shape[0]):
             raise _fail("expert_map", f"length global_num_experts={global_num_experts}", expert_map.shape[0])
+        if expert_map.shape[0] < num_local:
+            raise _fail("expert_map", f"at least {num_local} entries (one per global expert; w1 holds {num_local} local experts)",
+                        expert_map.shape[0])
         global_num_experts = expert_map.shape[0]
-        check_ids_range("expert_map", expert_map, -1, num_local)
+        if values:
+            check_expert_map_values(expert_map, num_local)
     elif global_num_experts == -1:
         global_num_experts = num_local
     elif global_num_experts != num_local:
@@ -213,41 +236,28 @@ def check_fused_experts(
     expert_map: torch.Tensor | None,
     global_num_experts: int,
     inplace: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Validate ``fused_experts`` arguments; returns contiguous token tensors and the global
-    expert count.
-
-    Every check, with precise errors (:func:`_check_fused_experts_full`). A layer's repeated
-    calls do not come here: :func:`moecompat.api.fused_experts` keeps a plan per weight set and
-    repeats only the token tensors' metadata checks, coming here when anything differs.
-    """
-    return _check_fused_experts_full(hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace)
-
-
-def _check_fused_experts_full(
-    hidden_states: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    qc: QuantConfig | MixedQuantConfig,
-    expert_map: torch.Tensor | None,
-    global_num_experts: int,
-    inplace: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Validate ``fused_experts`` arguments; returns contiguous token tensors and the global
-    expert count.
+    values: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    """Validate ``fused_experts`` arguments; returns contiguous token tensors, the global and the
+    local expert count. Every check, with precise errors; the call plans of
+    [`fused_experts`][moecompat.fused_experts] and [`MoEExperts`][moecompat.MoEExperts] repeat
+    the token tensors' metadata checks and every value check, and come here when anything differs.
 
     Non-contiguous ``hidden_states``/``topk_*`` are copied (kernels need them dense); weights
     whose last dimension is strided are rejected, since copying them on every call would be a
     hidden cost. The weights' checks run once per weight set (see :data:`_weight_cache`); the
-    per-token tensors are checked on every call.
+    per-token tensors are checked on every call. ``values=False`` (tracing under
+    ``torch.compile``, where tensors have no values yet) runs the metadata checks only, without
+    the weight cache; the traced custom op runs the value checks when it executes.
     """
     act_dtype = _activation_dtype(hidden_states)
-    info = _validated_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, hidden_states)
+    if values:
+        info = _validated_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, hidden_states)
+    else:
+        info = _check_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, hidden_states, values=False)
     t_tokens, hidden = hidden_states.shape
     dev = hidden_states.device
-    if hidden != info.hidden or dev != info.device:
+    if values and (hidden != info.hidden or dev != info.device):
         # Same weights, new hidden size or device: re-validate against this input.
         _weight_cache.pop(id(w1), None)
         info = _validated_weights(w1, w2, qc, expert_map, global_num_experts, act_dtype, hidden_states)
@@ -273,8 +283,8 @@ def _check_fused_experts_full(
     gne = info.global_num_experts
     if ids_shape[1] > gne or ids_shape[1] < 1:
         raise _fail("topk_ids", f"between 1 and {gne} columns (top_k <= num_experts)", list(ids_shape))
-    if not topk_ids.is_cuda or _debug:
-        check_ids_range("topk_ids", topk_ids, 0, gne)
+    if values and (not topk_ids.is_cuda or _debug):
+        check_ids_range("topk_ids", topk_ids, 0, gne, topk_ids_hint(expert_map))
     if not hidden_states.is_contiguous():
         if inplace:
             raise _fail("hidden_states", "a contiguous tensor when inplace=True", f"stride {list(hidden_states.stride())}")
@@ -283,7 +293,7 @@ def _check_fused_experts_full(
         topk_ids = topk_ids.contiguous()
     if not topk_weights.is_contiguous():
         topk_weights = topk_weights.contiguous()
-    return hidden_states, topk_weights, topk_ids, gne
+    return hidden_states, topk_weights, topk_ids, gne, info.num_local
 
 
 def _check_quant(qc: QuantConfig, which: int, e: int, n: int, k: int, ref: torch.Tensor) -> None:
@@ -328,13 +338,16 @@ def check_select_experts(
     hidden_states: torch.Tensor,
     router_logits: torch.Tensor,
     top_k: int,
+    renormalize: bool,
     use_grouped_topk: bool,
     num_expert_group: int | None,
     topk_group: int | None,
     e_score_correction_bias: torch.Tensor | None,
     routed_scaling_factor: float | None,
     custom_routing_function: object,
-) -> None:
+) -> tuple[int, int | None, int | None]:
+    """Validate ``select_experts`` arguments; returns ``(top_k, num_expert_group, topk_group)``
+    as ints."""
     for name, t in (("hidden_states", hidden_states), ("router_logits", router_logits)):
         if not isinstance(t, torch.Tensor):
             raise _fail(name, "a torch.Tensor", type(t).__name__)
@@ -348,18 +361,19 @@ def check_select_experts(
         raise _fail("router_logits", "a floating-point dtype", router_logits.dtype)
     _check_same_device("router_logits", router_logits, "hidden_states", hidden_states)
     num_experts = router_logits.shape[1]
-    if not isinstance(top_k, int) or isinstance(top_k, bool):
-        raise _fail("top_k", "an int", type(top_k).__name__)
-    if top_k < 1:
-        raise _fail("top_k", "top_k >= 1", top_k)
+    top_k = check_int("top_k", top_k, minimum=1)
     if top_k > num_experts:
         raise _fail("top_k", f"top_k <= num_experts ({num_experts})", top_k)
+    check_bool("renormalize", renormalize)
+    check_bool("use_grouped_topk", use_grouped_topk)
+    num_expert_group = check_int("num_expert_group", num_expert_group, minimum=1, none=True)
+    topk_group = check_int("topk_group", topk_group, minimum=1, none=True)
     if use_grouped_topk:
         if num_expert_group is None or topk_group is None:
             raise _fail("num_expert_group", "num_expert_group and topk_group with use_grouped_topk=True", (num_expert_group, topk_group))
-        if num_expert_group < 1 or num_experts % num_expert_group:
+        if num_experts % num_expert_group:
             raise _fail("num_expert_group", f"a divisor of num_experts ({num_experts})", num_expert_group)
-        if topk_group < 1 or topk_group > num_expert_group:
+        if topk_group > num_expert_group:
             raise _fail("topk_group", f"between 1 and num_expert_group ({num_expert_group})", topk_group)
         if top_k > topk_group * (num_experts // num_expert_group):
             raise _fail("top_k", f"at most topk_group * experts per group = {topk_group * (num_experts // num_expert_group)}", top_k)
@@ -368,12 +382,14 @@ def check_select_experts(
     if e_score_correction_bias is not None:
         if not isinstance(e_score_correction_bias, torch.Tensor) or tuple(e_score_correction_bias.shape) != (num_experts,):
             raise _fail("e_score_correction_bias", f"a tensor of shape [{num_experts}]",
-                        _shape(e_score_correction_bias) if isinstance(e_score_correction_bias, torch.Tensor) else type(e_score_correction_bias).__name__)
+                        _shape(e_score_correction_bias) if isinstance(e_score_correction_bias, torch.Tensor) else describe(e_score_correction_bias))
+        if not e_score_correction_bias.is_floating_point():
+            raise _fail("e_score_correction_bias", "a floating-point tensor", e_score_correction_bias.dtype)
         _check_same_device("e_score_correction_bias", e_score_correction_bias, "hidden_states", hidden_states)
-    if routed_scaling_factor is not None and not (isinstance(routed_scaling_factor, (int, float)) and routed_scaling_factor > 0):
-        raise _fail("routed_scaling_factor", "a positive number or None", routed_scaling_factor)
+    check_real("routed_scaling_factor", routed_scaling_factor, positive=True, none=True)
     if custom_routing_function is not None and not callable(custom_routing_function):
         raise _fail("custom_routing_function", "a callable (hidden_states, router_logits, top_k, renormalize) -> (weights, ids)", type(custom_routing_function).__name__)
+    return top_k, num_expert_group, topk_group
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,13 +438,13 @@ def check_per_expert_fused_experts(
     for i, (g, m) in enumerate(zip(qc.groups, maps, strict=True)):
         try:
             info = _validated_weights(g.w1, g.w2, g.quant_config, m, gne, act_dtype, hidden_states)
-            if info.hidden != hidden_states.shape[1] or info.device_index != hidden_states.get_device():
+            if info.hidden != hidden_states.shape[1] or info.device != hidden_states.device:
                 _weight_cache.pop(id(g.w1), None)
                 _validated_weights(g.w1, g.w2, g.quant_config, m, gne, act_dtype, hidden_states)
         except InvalidInputError as exc:
             raise _in_group(i, exc) from None
     g0 = qc.groups[0]
-    hidden_states, topk_weights, topk_ids, _ = _check_fused_experts_full(
+    hidden_states, topk_weights, topk_ids, _, _ = check_fused_experts(
         hidden_states, g0.w1, g0.w2, topk_weights, topk_ids, g0.quant_config, maps[0], gne, inplace)
     if qc.uncovered == "error" and topk_ids.numel() and (not topk_ids.is_cuda or _debug):
         hit = covered[topk_ids.long()]

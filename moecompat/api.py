@@ -1,4 +1,14 @@
-"""Public MoE entry points: validate once, dispatch to the resolved backend adapter."""
+"""Public MoE entry points: validate, bind the backend's adapter once per layer, call fast.
+
+Each function checks its arguments before any kernel runs (an
+[`InvalidInputError`][moecompat.InvalidInputError] names the argument), hands the backend a typed
+call object, and calls the runner the backend bound for it. [`fused_experts`][moecompat.fused_experts]
+keeps that runner per weight set (a *call plan*), so a layer's repeated calls cost the token
+tensors' checks plus the runner; [`MoEExperts`][moecompat.MoEExperts] holds it explicitly.
+
+Under ``torch.compile`` these functions are traced as the ``torch.ops.moecompat.*`` custom ops
+(see [`moecompat.ops`][moecompat.ops]).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +19,10 @@ from typing import Any
 import torch
 
 from . import _checks
-from .adapters import REGISTRY
-from .backends import auto_backend, get_impl
+from ._adapters import REGISTRY
+from ._backends import auto_backend, get_impl, known_backends
+from ._calls import ExpertsCall, RoutingCall
+from ._scalars import check_bool, check_int, describe
 from .errors import InvalidInputError, UnsupportedFeatureError
 from .quant import UNQUANTIZED, MixedQuantConfig, PerExpertQuantConfig, QuantConfig
 from .vocab import (
@@ -19,6 +31,7 @@ from .vocab import (
     ScoringFunc,
     TopK,
     parse_activation,
+    parse_name,
     parse_scoring_func,
 )
 
@@ -34,56 +47,115 @@ __all__ = [
 
 _ACTIVATIONS: dict[Any, Activation] = {a.value: a for a in Activation} | {a: a for a in Activation}
 _SCORING: dict[Any, ScoringFunc] = {s.value: s for s in ScoringFunc} | {s: s for s in ScoringFunc}
-_fast_impl = REGISTRY._fast  # (entry point, backend) -> adapter, filled on first resolution
+_ID_DTYPES = _checks._ID_DTYPES
 
 
-def _impl(entry_point: str, backend: str, on_cuda: bool) -> Callable[..., Any]:
-    if backend == "auto":
-        backend = auto_backend(entry_point, on_cuda)[0]
-    fn = _fast_impl.get((entry_point, backend))
-    return fn if fn is not None else get_impl(entry_point, backend, on_cuda)
+def _activation(value: object) -> Activation:
+    try:
+        hit = _ACTIVATIONS.get(value)
+    except TypeError:  # unhashable
+        hit = None
+    return hit if hit is not None else parse_activation(value)
 
 
-class _FusedPlan:
-    """What one fully validated :func:`fused_experts` call established for its ``(w1, w2,
-    quant_config, expert_map, global_num_experts, activation, backend)`` arguments.
+def _scoring(value: object) -> ScoringFunc:
+    try:
+        hit = _SCORING.get(value)
+    except TypeError:
+        hit = None
+    return hit if hit is not None else parse_scoring_func(value)
 
-    A layer passes the same weight objects on every call, so after its first call the per-call
-    work is: match those arguments by identity, read the metadata of the three token tensors and
-    compare it with the values recorded here, and call the recorded adapter. Anything that does
-    not match (another weight set, hidden size, dtype or device; a malformed, mistyped or
-    non-contiguous token tensor) takes the full path, :func:`_checks.check_fused_experts`, which
-    raises the precise error or records a new plan. The weights are held by weak reference (a
-    plan never keeps a layer alive, and a reused ``id`` cannot match a dead weight).
-    """
 
-    __slots__ = ("act", "act_dtype", "activation_arg", "backend_arg", "device", "expert_map",
-                 "global_num_experts", "global_num_experts_arg", "hidden", "impl", "impl_key", "on_cuda",
-                 "qc", "quant_config", "w1", "w2")
+def _backend_name(backend: object) -> str:
+    return parse_name(backend, "backend", known_backends())
 
-    w1: weakref.ref[torch.Tensor]
-    w2: weakref.ref[torch.Tensor]
-    quant_config: object
-    expert_map: torch.Tensor | None
-    global_num_experts_arg: int
-    activation_arg: object
-    backend_arg: str
-    act: Activation
-    qc: QuantConfig | MixedQuantConfig
-    hidden: int
+
+def resolve_backend(backend: str, entry_point: str, on_cuda: bool) -> str:
+    """The concrete backend name for ``backend`` (``"auto"`` resolved for the tensors' device)."""
+    return auto_backend(entry_point, on_cuda)[0] if backend == "auto" else backend
+
+
+class Plan:
+    """A bound ``fused_experts`` runner and what the full validation established for it:
+    the hidden size, activation dtype, device, global and local expert counts. Shared by the
+    functional API's per-weight-set plans and [`MoEExperts`][moecompat.MoEExperts]."""
+
+    __slots__ = ("act_dtype", "device", "device_index", "gne", "hidden", "num_local", "on_cuda", "runner", "weights_dtype")
     act_dtype: torch.dtype
     device: torch.device
+    device_index: int
+    gne: int
+    hidden: int
+    num_local: int
     on_cuda: bool
-    global_num_experts: int
-    impl: Callable[..., Any]
-    impl_key: tuple[str, str]
+    runner: Any
+    weights_dtype: torch.dtype
+
+    def __init__(self, hidden_states: torch.Tensor, topk_weights: torch.Tensor, gne: int, num_local: int, runner: Any) -> None:
+        self.hidden = hidden_states.shape[1]
+        self.act_dtype = hidden_states.dtype
+        self.weights_dtype = topk_weights.dtype
+        self.device = hidden_states.device
+        self.on_cuda = hidden_states.is_cuda
+        self.device_index = hidden_states.get_device() if self.on_cuda else -1
+        self.gne, self.num_local, self.runner = gne, num_local, runner
+
+    def tokens_ok(self, hidden_states: Any, topk_weights: Any, topk_ids: Any) -> bool:
+        """The token tensors' metadata matches what the full path validated (shape, dtype,
+        device, contiguity), read as one condition; False sends the call to the full path, which
+        names the argument."""
+        try:
+            t_tokens, hidden = hidden_states.shape
+            ids_shape = topk_ids.shape
+            rows, top_k = ids_shape
+            if self.on_cuda:
+                # get_device() is -1 for CPU and meta tensors, the CUDA index otherwise.
+                idx = self.device_index
+                same_device = (hidden_states.get_device() == idx and topk_ids.get_device() == idx
+                               and topk_weights.get_device() == idx and hidden_states.is_cuda)
+            else:
+                same_device = hidden_states.is_cpu and topk_ids.is_cpu and topk_weights.is_cpu
+            return (
+                hidden == self.hidden and rows == t_tokens and 1 <= top_k <= self.gne
+                and hidden_states.dtype is self.act_dtype and topk_weights.dtype is self.weights_dtype
+                and topk_ids.dtype in _ID_DTYPES and topk_weights.shape == ids_shape and same_device
+                and hidden_states.is_contiguous() and topk_ids.is_contiguous() and topk_weights.is_contiguous()
+            )
+        except (AttributeError, ValueError, TypeError):  # not tensors or not 2-D
+            return False
+
+
+class _LayerPlan(Plan):
+    """A :class:`Plan` for one ``(w1, w2, quant_config, expert_map, global_num_experts,
+    activation, apply_router_weight_on_input, backend)`` argument set, keyed by ``id(w1)``.
+
+    The weights are held by weak reference with a callback that drops the plan when either dies,
+    so while a plan exists its ids cannot be reused by another tensor (a plan never keeps a layer
+    alive). Quant config and expert map are small and compared by identity.
+    """
+
+    __slots__ = ("activation_arg", "backend_arg", "expert_map", "gne_arg", "on_input", "quant_config", "refs", "w2_id")
+    activation_arg: Any
+    backend_arg: Any
+    expert_map: torch.Tensor | None
+    gne_arg: int
+    on_input: bool
+    quant_config: Any
+    refs: tuple[Any, Any]
+    w2_id: int
 
 
 # id(w1) -> the plan of that weight set's latest fully validated call.
-_fused_plans: dict[int, _FusedPlan] = {}
-_FUSED_PLANS_MAX = 4096
-_F32 = torch.float32
-_ID_DTYPES = _checks._ID_DTYPES
+_plans: dict[int, _LayerPlan] = {}
+_PLANS_MAX = 4096
+REGISTRY.on_clear.append(_plans.clear)
+
+
+def _drop_plan(key: int) -> Callable[[Any], None]:
+    def drop(_ref: Any) -> None:
+        _plans.pop(key, None)
+
+    return drop
 
 
 def fused_experts(
@@ -106,17 +178,19 @@ def fused_experts(
     Args:
         hidden_states: ``[T, H]`` bf16/fp16/fp32 activations.
         w1: ``[E, 2*I, H]`` gate-and-up projection (gate rows first, then up; interleaved for
-            ``"swigluoai"``); quantized layouts in :mod:`moecompat.quant`.
+            ``"swigluoai"``); quantized layouts in [`moecompat.quant`][moecompat.quant].
         w2: ``[E, H, I]`` down projection. ``w1`` and ``w2`` are ``None`` with a
-            :class:`moecompat.PerExpertQuantConfig` (its groups carry their weights).
+            [`PerExpertQuantConfig`][moecompat.PerExpertQuantConfig] (its groups carry their weights).
         topk_weights: ``[T, k]`` float32 router weights.
         topk_ids: ``[T, k]`` int32/int64 *global* expert ids.
-        activation: ``"silu"``, ``"gelu"`` or ``"swigluoai"`` (:class:`moecompat.Activation`).
-        quant_config: from :func:`moecompat.make_quant_config`; ``None`` for unquantized weights;
-            :func:`moecompat.make_mixed_quant_config` (per projection, reference backend) or
-            :func:`moecompat.make_per_expert_quant_config` (per expert group).
+        activation: ``"silu"``, ``"gelu"`` or ``"swigluoai"`` ([`Activation`][moecompat.Activation]).
+        quant_config: from [`make_quant_config`][moecompat.make_quant_config]; ``None`` for
+            unquantized weights; [`make_mixed_quant_config`][moecompat.make_mixed_quant_config]
+            (per projection, reference backend) or
+            [`make_per_expert_quant_config`][moecompat.make_per_expert_quant_config] (per expert group).
         expert_map: ``[global_num_experts]`` int32: global id -> local id (index into ``w1``) or
-            -1 for experts not on this rank, whose slots contribute zero.
+            -1 for experts not on this rank, whose slots contribute zero. Its values are checked
+            on every call (CPU tensors; CUDA in debug mode): it may be rewritten in place.
         global_num_experts: total experts across ranks; ``-1`` infers it.
         apply_router_weight_on_input: scale the expert input (the first GEMM's output) by the
             router weight instead of the expert output.
@@ -125,102 +199,144 @@ def fused_experts(
 
     Returns:
         ``[T, H]`` tensor of ``hidden_states.dtype``: ``sum_k weight * expert(token)``.
+
+    Raises:
+        InvalidInputError: a malformed argument (shape, dtype, device, value, type).
+        UnsupportedFeatureError: the backend (at its installed version) lacks what was asked.
     """
-    # Hot path: the weights, quant config, ... were validated by an earlier call (_FusedPlan);
-    # this call's token tensors get the same metadata checks as on the full path (shape, dtype,
-    # device, contiguity), written as one condition over attribute reads compared with the
-    # plan's values. Any mismatch falls through to the full path, which names the argument.
-    plan = _fused_plans.get(id(w1))
+    # Hot path: the weights, quant config, ... were validated by an earlier call (a plan); the
+    # token tensors get the full path's metadata checks and every value check; any mismatch
+    # takes the full path, which names the argument.
+    plan = _plans.get(id(w1))
     if (
-        plan is not None and plan.w1() is w1 and plan.w2() is w2 and plan.quant_config is quant_config
-        and plan.expert_map is expert_map and plan.global_num_experts_arg == global_num_experts
-        and plan.activation_arg == activation and plan.backend_arg == backend
-        # Still the registry's adapter: REGISTRY.clear() and backends.reset() empty _fast_impl.
-        and _fast_impl.get(plan.impl_key) is plan.impl
+        plan is not None and id(w2) == plan.w2_id and quant_config is plan.quant_config and expert_map is plan.expert_map
+        and global_num_experts == plan.gne_arg and type(global_num_experts) is int
+        and activation == plan.activation_arg and backend == plan.backend_arg
+        and apply_router_weight_on_input is plan.on_input and type(inplace) is bool
+        and plan.tokens_ok(hidden_states, topk_weights, topk_ids)
     ):
-        try:
-            t_tokens, hidden = hidden_states.shape
-            ids_shape = topk_ids.shape
-            rows, top_k = ids_shape
-            dev = plan.device
-            # torch.device equality (type and index), not get_device(): that is -1 for CPU and meta.
-            valid = (
-                hidden == plan.hidden and rows == t_tokens and 1 <= top_k <= plan.global_num_experts
-                and hidden_states.dtype is plan.act_dtype and hidden_states.device == dev
-                and topk_weights.shape == ids_shape and topk_weights.dtype is _F32
-                and topk_ids.dtype in _ID_DTYPES
-                and topk_ids.device == dev and topk_weights.device == dev
-                and hidden_states.is_contiguous() and topk_ids.is_contiguous() and topk_weights.is_contiguous()
-            )
-        except (AttributeError, ValueError, TypeError):  # not tensors or not 2-D: the full path says which
-            valid = False
-        if valid:
-            gne = plan.global_num_experts
-            # Value check: a host read, so CUDA tensors get it only in debug mode (as on the full path).
-            if not plan.on_cuda or _checks._debug:
-                _checks.check_ids_range("topk_ids", topk_ids, 0, gne)
-            if t_tokens == 0:
-                return hidden_states.new_empty((0, hidden))
-            return plan.impl(
-                hidden_states, w1, w2, topk_weights, topk_ids, plan.act, plan.qc, expert_map,
-                gne, apply_router_weight_on_input, inplace,
-            )
-    backend_arg, global_num_experts_arg = backend, global_num_experts
-    act = _ACTIVATIONS.get(activation) or parse_activation(activation)
+        if not plan.on_cuda or _checks._debug:
+            # Value checks: host reads, so CUDA tensors get them only in debug mode (as on the
+            # full path); never skipped otherwise, since values change in place.
+            _checks.check_ids_range("topk_ids", topk_ids, 0, plan.gne, _checks.topk_ids_hint(expert_map))
+            if expert_map is not None:
+                _checks.check_expert_map_values(expert_map, plan.num_local)
+        if hidden_states.shape[0] == 0:
+            return hidden_states.new_empty((0, plan.hidden))
+        return plan.runner(hidden_states, w1, w2, topk_weights, topk_ids, inplace)
+    return _fused_experts_full(hidden_states, w1, w2, topk_weights, topk_ids, activation, quant_config, expert_map,
+                               global_num_experts, apply_router_weight_on_input, inplace, backend)
+
+
+def _fused_experts_full(
+    hidden_states: Any, w1: Any, w2: Any, topk_weights: Any, topk_ids: Any, activation: Any, quant_config: Any,
+    expert_map: Any, global_num_experts: Any, apply_router_weight_on_input: Any, inplace: Any, backend: Any,
+) -> torch.Tensor:
+    backend_name = _backend_name(backend)
+    act = _activation(activation)
+    check_int("global_num_experts", global_num_experts, minimum=-1)
+    if global_num_experts == 0:
+        raise InvalidInputError("global_num_experts", "-1 (infer) or a positive int", 0)
+    check_bool("apply_router_weight_on_input", apply_router_weight_on_input)
+    check_bool("inplace", inplace)
     qc = UNQUANTIZED if quant_config is None else quant_config
-    if not isinstance(qc, QuantConfig):
-        if isinstance(qc, PerExpertQuantConfig):
-            return _fused_experts_per_expert(hidden_states, w1, w2, topk_weights, topk_ids, act, qc, expert_map,
-                                             global_num_experts, apply_router_weight_on_input, inplace, backend)
-        if not isinstance(qc, MixedQuantConfig):
-            raise InvalidInputError("quant_config", "a moecompat.QuantConfig (see make_quant_config), MixedQuantConfig, "
-                                    "PerExpertQuantConfig or None", type(qc).__name__)
-        chosen = auto_backend("fused_experts", hidden_states.is_cuda)[0] if backend == "auto" else backend
-        if chosen != "reference":
-            raise UnsupportedFeatureError(
-                chosen, None, "mixed per-projection precision (MixedQuantConfig)",
-                detail="the engines' fused kernels run both GEMMs in one scheme and expose no per-stage API; "
-                "use backend='reference'")
-        backend = "reference"
-    hidden_states, topk_weights, topk_ids, global_num_experts = _checks.check_fused_experts(
-        hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace  # type: ignore[arg-type]
-    )
+    if isinstance(qc, PerExpertQuantConfig):
+        return _fused_experts_per_expert(hidden_states, w1, w2, topk_weights, topk_ids, act, qc, expert_map,
+                                         global_num_experts, apply_router_weight_on_input, inplace, backend_name)
+    if not isinstance(qc, (QuantConfig, MixedQuantConfig)):
+        raise InvalidInputError("quant_config", "a moecompat.QuantConfig (see make_quant_config), MixedQuantConfig, "
+                                "PerExpertQuantConfig or None", describe(qc))
+    hidden_states, topk_weights, topk_ids, gne, num_local = _checks.check_fused_experts(
+        hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace)
+    chosen = resolve_backend(backend_name, "fused_experts", hidden_states.is_cuda)
+    if isinstance(qc, MixedQuantConfig) and chosen != "reference":
+        raise UnsupportedFeatureError(
+            chosen, None, "mixed per-projection precision (MixedQuantConfig)",
+            detail="the engines' fused kernels run both GEMMs in one scheme and expose no per-stage API; "
+            "use backend='reference'")
+    bind = get_impl("fused_experts", chosen, hidden_states.is_cuda)
+    runner = bind(ExpertsCall(w1, w2, qc, expert_map, gne, act, apply_router_weight_on_input))
+    _remember(hidden_states, topk_weights, w1, w2, quant_config, expert_map, global_num_experts, activation, backend,
+              apply_router_weight_on_input, gne, num_local, runner)
     if hidden_states.shape[0] == 0:
-        return hidden_states.new_empty((0, w2.shape[1]))  # type: ignore[union-attr]
-    impl = _impl("fused_experts", backend, hidden_states.is_cuda)
-    _remember_plan(hidden_states, w1, w2, quant_config, expert_map, global_num_experts_arg, activation,
-                   backend_arg, act, qc, global_num_experts, impl, backend)
-    return impl(
-        hidden_states, w1, w2, topk_weights, topk_ids, act, qc, expert_map,
-        global_num_experts, apply_router_weight_on_input, inplace,
-    )
+        return hidden_states.new_empty((0, w2.shape[1]))
+    return runner(hidden_states, w1, w2, topk_weights, topk_ids, inplace)
 
 
-def _remember_plan(
-    hidden_states: torch.Tensor, w1: Any, w2: Any, quant_config: object, expert_map: torch.Tensor | None,
-    global_num_experts_arg: int, activation: object, backend_arg: str, act: Activation,
-    qc: QuantConfig | MixedQuantConfig, global_num_experts: int, impl: Callable[..., Any], backend: str,
-) -> None:
-    """Record the plan of a call that passed the full checks (see :class:`_FusedPlan`)."""
-    on_cuda = hidden_states.is_cuda
-    chosen = auto_backend("fused_experts", on_cuda)[0] if backend == "auto" else backend
-    impl_key = ("fused_experts", chosen)
-    if _fast_impl.get(impl_key) is not impl:  # not a cached adapter: nothing to validate a plan against
-        return
-    plan = _FusedPlan()
+def _remember(hidden_states: torch.Tensor, topk_weights: torch.Tensor, w1: Any, w2: Any, quant_config: Any,
+              expert_map: Any, gne_arg: int, activation: Any, backend: Any, on_input: bool, gne: int, num_local: int,
+              runner: Any) -> None:
+    """Record the plan of a call that passed the full checks (see :class:`_LayerPlan`)."""
+    plan = _LayerPlan(hidden_states, topk_weights, gne, num_local, runner)
+    key = id(w1)
     try:
-        plan.w1, plan.w2 = weakref.ref(w1), weakref.ref(w2)
+        plan.refs = (weakref.ref(w1, _drop_plan(key)), weakref.ref(w2, _drop_plan(key)))
     except TypeError:  # weights that take no weak references: every call takes the full path
         return
-    plan.quant_config, plan.expert_map = quant_config, expert_map
-    plan.global_num_experts_arg, plan.activation_arg, plan.backend_arg = global_num_experts_arg, activation, backend_arg
-    plan.act, plan.qc, plan.global_num_experts = act, qc, global_num_experts
-    plan.hidden, plan.act_dtype = hidden_states.shape[1], hidden_states.dtype
-    plan.device, plan.on_cuda = hidden_states.device, on_cuda
-    plan.impl, plan.impl_key = impl, impl_key
-    if len(_fused_plans) >= _FUSED_PLANS_MAX:
-        _fused_plans.clear()
-    _fused_plans[id(w1)] = plan
+    plan.w2_id, plan.quant_config, plan.expert_map = id(w2), quant_config, expert_map
+    plan.gne_arg, plan.activation_arg, plan.backend_arg, plan.on_input = gne_arg, activation, backend, on_input
+    if len(_plans) >= _PLANS_MAX:
+        _plans.clear()
+    _plans[key] = plan
+
+
+def _fused_experts_per_expert(
+    hidden_states: torch.Tensor,
+    w1: object,
+    w2: object,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    act: Activation,
+    qc: PerExpertQuantConfig,
+    expert_map: torch.Tensor | None,
+    global_num_experts: int,
+    apply_router_weight_on_input: bool,
+    inplace: bool,
+    backend: str,
+) -> torch.Tensor:
+    """[`fused_experts`][moecompat.fused_experts] with a [`PerExpertQuantConfig`][moecompat.PerExpertQuantConfig]:
+    one call of the backend's fused-experts runner per group, with an expert map that gives the
+    other groups' experts -1 (zero contribution); the group outputs (``[T, H]``: float32 from the
+    reference, ``hidden_states.dtype`` from an engine kernel) are summed in float32."""
+    hidden_states, topk_weights, topk_ids, maps = _checks.check_per_expert_fused_experts(
+        hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace)
+    chosen = resolve_backend(backend, "fused_experts", hidden_states.is_cuda)
+    if chosen != "reference":
+        for i, g in enumerate(qc.groups):
+            if isinstance(g.quant_config, MixedQuantConfig):
+                raise UnsupportedFeatureError(
+                    chosen, None, f"mixed per-projection precision (MixedQuantConfig) in quant_config.groups[{i}]",
+                    detail="the engines' fused kernels run both GEMMs of a call in one scheme; use backend='reference'")
+    if hidden_states.shape[0] == 0:
+        return hidden_states.new_empty((0, qc.hidden_size))
+    bind = get_impl("fused_experts", chosen, hidden_states.is_cuda)
+    key = (chosen, act, apply_router_weight_on_input, hidden_states.device, bind)
+    runners = qc._runners.get(key)
+    if runners is None:
+        # The reference returns each group's float32 sum (no rounding per group); engines'
+        # kernels return hidden_states.dtype.
+        out_dtype = torch.float32 if chosen == "reference" else None
+        built = []
+        for g, m in zip(qc.groups, maps, strict=True):
+            try:
+                built.append(bind(ExpertsCall(g.w1, g.w2, g.quant_config, m, qc.global_num_experts, act,
+                                              apply_router_weight_on_input, out_dtype)))
+            except UnsupportedFeatureError as exc:
+                raise UnsupportedFeatureError(
+                    exc.engine, exc.installed, f"per-expert precision (PerExpertQuantConfig), group {g.describe()}",
+                    exc.available_in, detail=f"it runs one fused_experts call per group with an expert_map: {exc}",
+                    cause=exc.cause) from exc
+        runners = qc._runners[key] = tuple(built)
+    total: torch.Tensor | None = None
+    for g, run in zip(qc.groups, runners, strict=True):
+        y = run(hidden_states, g.w1, g.w2, topk_weights, topk_ids, False)
+        total = y.float() if total is None else total.add_(y)
+    assert total is not None
+    out = total.to(hidden_states.dtype)
+    if inplace:
+        hidden_states.copy_(out)
+        return hidden_states
+    return out
 
 
 def select_experts(
@@ -251,28 +367,36 @@ def select_experts(
         use_grouped_topk: DeepSeek-V3 grouped routing: keep the best ``topk_group`` of
             ``num_expert_group`` groups (group score: top-2 sum with a bias, else max), then
             top-k inside them.
+        num_expert_group: with ``use_grouped_topk``: the number of expert groups; it divides
+            ``E`` (DeepSeek-V3: 8).
+        topk_group: with ``use_grouped_topk``: how many groups each token may pick from,
+            ``1 <= topk_group <= num_expert_group`` (DeepSeek-V3: 4).
         e_score_correction_bias: ``[E]`` added to scores for *choosing* only.
         routed_scaling_factor: multiplies the final weights.
         custom_routing_function: ``f(hidden_states, router_logits, top_k, renormalize) ->
             (weights, ids)``.
         backend: ``"auto"``, ``"reference"``, ``"vllm"`` or ``"sglang"``.
-        tracker: an :class:`moecompat.ExpertActivationTracker` that records the chosen ids
-            (for ``layer``) without synchronising the GPU.
+        tracker: an [`ExpertActivationTracker`][moecompat.ExpertActivationTracker] that records
+            the chosen ids (for ``layer``) without synchronising the GPU.
+        layer: the layer index ``tracker`` records under, ``0 <= layer < tracker.num_layers``.
 
     Returns:
-        :class:`moecompat.TopK` ``(topk_weights [T, k] float32, topk_ids [T, k] int32)``.
+        [`TopK`][moecompat.TopK] ``(topk_weights [T, k] float32, topk_ids [T, k] int32)``.
     """
-    scoring = _SCORING.get(scoring_func) or parse_scoring_func(scoring_func)
-    _checks.check_select_experts(
-        hidden_states, router_logits, top_k, use_grouped_topk, num_expert_group, topk_group,
+    backend_name = _backend_name(backend)
+    scoring = _scoring(scoring_func)
+    top_k, num_expert_group, topk_group = _checks.check_select_experts(
+        hidden_states, router_logits, top_k, renormalize, use_grouped_topk, num_expert_group, topk_group,
         e_score_correction_bias, routed_scaling_factor, custom_routing_function,
     )
-    impl = _impl("select_experts", backend, router_logits.is_cuda)
-    out = impl(
-        hidden_states, router_logits, top_k, renormalize, scoring, use_grouped_topk,
-        num_expert_group, topk_group, e_score_correction_bias, routed_scaling_factor,
-        custom_routing_function,
-    )
+    if tracker is not None:
+        tracker._check_record_args(layer)
+    chosen = resolve_backend(backend_name, "select_experts", router_logits.is_cuda)
+    bind = get_impl("select_experts", chosen, router_logits.is_cuda)
+    rsf = float(routed_scaling_factor) if routed_scaling_factor is not None else None
+    call = RoutingCall(top_k, renormalize, scoring, use_grouped_topk, num_expert_group, topk_group,
+                       e_score_correction_bias, rsf, custom_routing_function)
+    out = bind(call)(hidden_states, router_logits)
     if tracker is not None:
         tracker.record(layer, out.topk_ids)
     return out
@@ -301,7 +425,8 @@ def fused_moe(
     inplace: bool = False,
     backend: BackendName = "auto",
 ) -> torch.Tensor:
-    """:func:`select_experts` then :func:`fused_experts`: a whole MoE layer, ``[T, H] -> [T, H]``.
+    """[`select_experts`][moecompat.select_experts] then [`fused_experts`][moecompat.fused_experts]:
+    a whole MoE layer, ``[T, H] -> [T, H]``.
 
     ``router_logits [T, E_global]``; the other arguments are those of the two functions.
     """
@@ -329,23 +454,40 @@ def moe_align_block_size(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sort (token, k) slots by expert, padding each expert to a multiple of ``block_size``.
 
-    ``topk_ids [T, k]`` int32 global ids < ``num_experts``. Returns ``(sorted_token_ids,
-    expert_ids, num_tokens_post_padded)`` (int32) as described in
-    :func:`moecompat.reference.moe_align_block_size`.
+    Args:
+        topk_ids: ``[T, k]`` int32/int64 global expert ids ``< num_experts``.
+        block_size: the kernel's ``BLOCK_SIZE_M``, a positive int.
+        num_experts: global expert count.
+        expert_map: ``[num_experts]`` int32/int64: local id or -1 (on ``topk_ids``' device).
+        pad_sorted_ids: pad ``sorted_token_ids`` to a multiple of ``block_size``.
+        backend: ``"auto"``, ``"reference"``, ``"vllm"`` or ``"sglang"``.
+
+    Returns:
+        ``(sorted_token_ids, expert_ids, num_tokens_post_padded)`` (int32) as described in
+        [`moecompat.reference.moe_align_block_size`][moecompat.reference.moe_align_block_size].
     """
+    backend_name = _backend_name(backend)
     if not isinstance(topk_ids, torch.Tensor) or topk_ids.dim() != 2:
         raise InvalidInputError("topk_ids", "a 2-D tensor [num_tokens, top_k]",
-                                list(topk_ids.shape) if isinstance(topk_ids, torch.Tensor) else type(topk_ids).__name__)
-    if topk_ids.dtype not in (torch.int32, torch.int64):
+                                list(topk_ids.shape) if isinstance(topk_ids, torch.Tensor) else describe(topk_ids))
+    if topk_ids.dtype not in _ID_DTYPES:
         raise InvalidInputError("topk_ids", "dtype int32 or int64", topk_ids.dtype)
-    if not isinstance(block_size, int) or block_size < 1:
-        raise InvalidInputError("block_size", "a positive int", block_size)
-    if not isinstance(num_experts, int) or num_experts < 1:
-        raise InvalidInputError("num_experts", "a positive int", num_experts)
-    if expert_map is not None and (expert_map.dim() != 1 or expert_map.shape[0] != num_experts):
-        raise InvalidInputError("expert_map", f"a 1-D tensor of length num_experts={num_experts}", list(expert_map.shape))
+    block_size = check_int("block_size", block_size, minimum=1)
+    num_experts = check_int("num_experts", num_experts, minimum=1)
+    check_bool("pad_sorted_ids", pad_sorted_ids)
+    if expert_map is not None:
+        if not isinstance(expert_map, torch.Tensor):
+            raise InvalidInputError("expert_map", f"a 1-D int32/int64 tensor [num_experts={num_experts}] or None", describe(expert_map))
+        if expert_map.dim() != 1 or expert_map.shape[0] != num_experts:
+            raise InvalidInputError("expert_map", f"a 1-D tensor of length num_experts={num_experts}", list(expert_map.shape))
+        if expert_map.dtype not in _ID_DTYPES:
+            raise InvalidInputError("expert_map", "dtype int32 or int64", expert_map.dtype)
+        if expert_map.device != topk_ids.device:
+            raise InvalidInputError("expert_map", f"a tensor on {topk_ids.device} (like topk_ids)", f"a tensor on {expert_map.device}")
+        _checks.check_ids_range("expert_map", expert_map, -1, num_experts, "local expert ids or -1")
     _checks.check_ids_range("topk_ids", topk_ids, 0, num_experts)
-    impl = _impl("moe_align_block_size", backend, topk_ids.is_cuda)
+    chosen = resolve_backend(backend_name, "moe_align_block_size", topk_ids.is_cuda)
+    impl = get_impl("moe_align_block_size", chosen, topk_ids.is_cuda)
     return impl(topk_ids, block_size, num_experts, expert_map, pad_sorted_ids)
 
 
@@ -363,9 +505,14 @@ def get_config_dtype_str(
     Returns exactly what the installed engine's own function returns; with no engine (or
     ``backend="reference"``), current vLLM's rules implemented in moecompat.
     """
+    backend_name = _backend_name(backend)
     if not isinstance(dtype, torch.dtype):
-        raise InvalidInputError("dtype", "a torch.dtype", type(dtype).__name__)
-    impl = _impl("get_config_dtype_str", backend, True)
+        raise InvalidInputError("dtype", "a torch.dtype", describe(dtype))
+    for name, flag in (("use_fp8_w8a8", use_fp8_w8a8), ("use_int8_w8a16", use_int8_w8a16), ("use_int4_w4a16", use_int4_w4a16)):
+        check_bool(name, flag)
+    if ocp_mx_scheme is not None and not isinstance(ocp_mx_scheme, str):
+        raise InvalidInputError("ocp_mx_scheme", "a str (e.g. 'w_mxfp4_a_mxfp4') or None", describe(ocp_mx_scheme))
+    impl = get_impl("get_config_dtype_str", backend_name, True)
     return impl(dtype, use_fp8_w8a8, use_int8_w8a16, use_int4_w4a16, ocp_mx_scheme)
 
 
@@ -383,78 +530,27 @@ def make_expert_map(
     ``"round_robin"``. With an engine, its own function decides (so the map is identical to
     the one the engine builds for its layers).
     """
-    for name, v, lo in (("ep_size", ep_size, 1), ("ep_rank", ep_rank, 0), ("global_num_experts", global_num_experts, 1)):
-        if not isinstance(v, int) or v < lo:
-            raise InvalidInputError(name, f"an int >= {lo}", v)
+    backend_name = _backend_name(backend)
+    ep_size = check_int("ep_size", ep_size, minimum=1)
+    ep_rank = check_int("ep_rank", ep_rank, minimum=0)
+    global_num_experts = check_int("global_num_experts", global_num_experts, minimum=1)
     if ep_rank >= ep_size:
         raise InvalidInputError("ep_rank", f"< ep_size ({ep_size})", ep_rank)
-    if placement not in ("linear", "round_robin"):
-        raise InvalidInputError("placement", "'linear' or 'round_robin'", repr(placement))
-    impl = _impl("make_expert_map", backend, True)
+    placement = parse_name(placement, "placement", ("linear", "round_robin"))
+    impl = get_impl("make_expert_map", backend_name, True)
     return impl(ep_size, ep_rank, global_num_experts, placement)
 
 
 def to_engine_quant_config(quant_config: QuantConfig | None, *, backend: BackendName = "auto") -> Any:
-    """Translate a :class:`QuantConfig` into the engine's own object.
+    """Translate a [`QuantConfig`][moecompat.QuantConfig] into the engine's own object.
 
     vLLM >= 0.10: its ``FusedMoEQuantConfig``; older vLLM and SGLang: the dict of legacy
     ``use_*`` keyword flags and scales their ``fused_experts`` takes; reference: the config
     itself.
     """
+    backend_name = _backend_name(backend)
     qc = UNQUANTIZED if quant_config is None else quant_config
-    impl = _impl("make_quant_config", backend, True)
+    if not isinstance(qc, QuantConfig):
+        raise InvalidInputError("quant_config", "a moecompat.QuantConfig or None", describe(qc))
+    impl = get_impl("make_quant_config", backend_name, True)
     return impl(qc)
-
-
-def _fused_experts_per_expert(
-    hidden_states: torch.Tensor,
-    w1: object,
-    w2: object,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    act: Activation,
-    qc: PerExpertQuantConfig,
-    expert_map: torch.Tensor | None,
-    global_num_experts: int,
-    apply_router_weight_on_input: bool,
-    inplace: bool,
-    backend: BackendName,
-) -> torch.Tensor:
-    """:func:`fused_experts` with a :class:`PerExpertQuantConfig`: one call of the backend's
-    fused-experts implementation per group, with an expert map that gives the other groups'
-    experts -1 (zero contribution); the group outputs (``[T, H]``: float32 from the reference,
-    ``hidden_states.dtype`` from an engine kernel) are summed in float32. Engines run each group
-    with their own kernel; reference included, every backend runs this same loop."""
-    hidden_states, topk_weights, topk_ids, maps = _checks.check_per_expert_fused_experts(
-        hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map, global_num_experts, inplace)
-    chosen = auto_backend("fused_experts", hidden_states.is_cuda)[0] if backend == "auto" else backend
-    if chosen != "reference":
-        for i, g in enumerate(qc.groups):
-            if isinstance(g.quant_config, MixedQuantConfig):
-                raise UnsupportedFeatureError(
-                    chosen, None, f"mixed per-projection precision (MixedQuantConfig) in quant_config.groups[{i}]",
-                    detail="the engines' fused kernels run both GEMMs of a call in one scheme; use backend='reference'")
-    if hidden_states.shape[0] == 0:
-        return hidden_states.new_empty((0, qc.hidden_size))
-    impl = _impl("fused_experts", chosen, hidden_states.is_cuda)
-    # The reference returns each group's float32 sum (no rounding per group); engines' kernels
-    # return hidden_states.dtype.
-    kw: dict[str, Any] = {"out_dtype": torch.float32} if chosen == "reference" else {}
-    gne = qc.global_num_experts
-    total: torch.Tensor | None = None
-    for g, m in zip(qc.groups, maps, strict=True):
-        try:
-            y = impl(hidden_states, g.w1, g.w2, topk_weights, topk_ids, act, g.quant_config, m, gne,
-                     apply_router_weight_on_input, False, **kw)
-        except UnsupportedFeatureError as exc:
-            raise UnsupportedFeatureError(
-                exc.engine, exc.installed, f"per-expert precision (PerExpertQuantConfig), group {g.describe()}",
-                exc.available_in, detail=f"it runs one fused_experts call per group with an expert_map: {exc}",
-                cause=exc.cause) from exc
-        total = y.float() if total is None else total.add_(y)
-    assert total is not None
-    out = total.to(hidden_states.dtype)
-    if inplace:
-        hidden_states.copy_(out)
-        return hidden_states
-    return out

@@ -12,6 +12,7 @@ import json
 import math
 import pathlib
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,10 +28,13 @@ __all__ = [
     "PRESETS",
     "BenchResult",
     "MoEShape",
+    "bandwidth_ceiling_gbs",
     "copy_bandwidth_gbs",
     "make_problem",
+    "read_bandwidth_gbs",
     "run_bench",
     "shape_from_config",
+    "spec_bandwidth_gbs",
     "time_fn",
 ]
 
@@ -172,21 +176,64 @@ def time_fn(fn: Callable[[], Any], device: str, repeats: int = 10, calls_per_rep
     return statistics.median(samples), min(samples), max(samples)
 
 
-_BANDWIDTH: dict[str, float] = {}
+_BANDWIDTH: dict[tuple[str, str], float] = {}
+
+#: Memory bandwidth of GPUs by their datasheets (GB/s), matched on the CUDA device name; the
+#: ceiling a bandwidth share is taken of (a measured figure never exceeds it).
+SPEC_BANDWIDTH_GBS: dict[str, float] = {
+    "H200": 4800.0, "H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0, "H100 NVL": 3900.0, "H20": 4000.0,
+    "GH200": 4000.0, "B200": 8000.0, "A100-SXM4-80GB": 2039.0, "A100-SXM4-40GB": 1555.0,
+    "A100 80GB PCIe": 1935.0, "L40S": 864.0, "L4": 300.0, "A10G": 600.0,
+}
+
+
+def spec_bandwidth_gbs(device: str) -> float | None:
+    """The datasheet memory bandwidth of ``device``'s GPU (GB/s), or None when unknown."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    for key in sorted(SPEC_BANDWIDTH_GBS, key=len, reverse=True):
+        if key in name:
+            return SPEC_BANDWIDTH_GBS[key]
+    return None
+
+
+def read_bandwidth_gbs(device: str) -> float | None:
+    """Measured read-only streaming bandwidth in GB/s (a sum over 4 GiB, bytes read only), cached."""
+    if device == "cpu":
+        return None
+    key = (device, "read")
+    if key not in _BANDWIDTH:
+        n = 1 << 30  # 4 GiB of float32: many times the L2
+        src = torch.ones(n, device=device)
+        out = torch.empty((), device=device)
+        ms, _, _ = time_fn(lambda: torch.sum(src, dim=0, out=out), device, repeats=10, calls_per_repeat=5, use_cuda_graph=False)
+        _BANDWIDTH[key] = n * 4 / (ms * 1e-3) / 1e9
+        del src
+    return _BANDWIDTH[key]
 
 
 def copy_bandwidth_gbs(device: str) -> float | None:
     """Measured device-to-device copy bandwidth (bytes read + written) in GB/s, cached."""
     if device == "cpu":
         return None
-    if device not in _BANDWIDTH:
+    key = (device, "copy")
+    if key not in _BANDWIDTH:
         n = 1 << 28  # 1 GiB of float32
         src = torch.empty(n, device=device)
         dst = torch.empty_like(src)
         ms, _, _ = time_fn(lambda: dst.copy_(src), device, repeats=10, calls_per_repeat=5, use_cuda_graph=False)
-        _BANDWIDTH[device] = 2 * n * 4 / (ms * 1e-3) / 1e9
+        _BANDWIDTH[key] = 2 * n * 4 / (ms * 1e-3) / 1e9
         del src, dst
-    return _BANDWIDTH[device]
+    return _BANDWIDTH[key]
+
+
+def bandwidth_ceiling_gbs(device: str) -> float | None:
+    """What a share is taken of: the datasheet bandwidth, or the measured read bandwidth where
+    that is higher (or the GPU is not in the table), so that no share exceeds 100%."""
+    spec, read = spec_bandwidth_gbs(device), read_bandwidth_gbs(device)
+    values = [v for v in (spec, read) if v is not None]
+    return max(values) if values else None
 
 
 @dataclasses.dataclass
@@ -199,13 +246,19 @@ class BenchResult:
     latency_min_ms: float
     latency_max_ms: float
     tflops: float
+    #: Bytes of the experts touched plus activations, over the time.
     gbs: float | None
-    bandwidth_share: float | None
+    #: ``gbs`` over :func:`bandwidth_ceiling_gbs` (never above 1).
+    peak_share: float | None
+    #: ``gbs`` over the measured read-only bandwidth.
+    read_share: float | None
     num_experts: int
     top_k: int
     hidden_size: int
     intermediate_size: int
     config: dict[str, int] | None = None
+    peak_gbs: float | None = None
+    read_gbs: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -252,10 +305,12 @@ def bench_one(shape: MoEShape, dtype: str, batch_size: int, backend: str, device
     act_bytes = 2 * batch_size * shape.hidden_size * x.element_size()
     moved = touched * _weight_bytes_per_expert(w1, w2, qc) + act_bytes
     gbs = moved / (med * 1e-3) / 1e9
-    bw = copy_bandwidth_gbs(device)
+    ceiling, read = bandwidth_ceiling_gbs(device), read_bandwidth_gbs(device)
+    on_gpu = device != "cpu"
     return BenchResult(shape.name, backend, dtype, batch_size, med, lo, hi, flops / (med * 1e-3) / 1e12,
-                       gbs if device != "cpu" else None, (gbs / bw) if bw else None, shape.num_experts,
-                       shape.top_k, shape.hidden_size, shape.intermediate_size, config)
+                       gbs if on_gpu else None, (gbs / ceiling) if ceiling else None, (gbs / read) if read else None,
+                       shape.num_experts, shape.top_k, shape.hidden_size, shape.intermediate_size, config,
+                       ceiling, read)
 
 
 def run_bench(shape: MoEShape, dtype: str, batch_sizes: Sequence[int], backend: str, device: str,
@@ -265,12 +320,41 @@ def run_bench(shape: MoEShape, dtype: str, batch_sizes: Sequence[int], backend: 
         if not isinstance(b, int) or b < 1:
             raise InvalidInputError("--batch-size", "positive integers", b)
     problem = make_problem(shape, dtype, device, seed)
-    it: Any = batch_sizes
-    if progress:
-        from tqdm import tqdm
+    out = []
+    with _Progress(progress, len(batch_sizes), f"bench {shape.name} {dtype}") as bar:
+        for b in batch_sizes:
+            out.append(bench_one(shape, dtype, b, backend, device, seed, problem))
+            bar.update(f"batch {b}: {out[-1].latency_ms:.4g} ms")
+    return out
 
-        it = tqdm(batch_sizes, desc=f"bench {shape.name} {dtype}", unit="batch")
-    return [bench_one(shape, dtype, b, backend, device, seed, problem) for b in it]
+
+class _Progress:
+    """A tqdm bar on stderr where tqdm is installed, else one line per step; nothing when off."""
+
+    def __init__(self, enabled: bool, total: int, desc: str) -> None:
+        self.enabled, self.total, self.desc, self.done, self.bar = enabled, total, desc, 0, None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc=desc, unit="batch")
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def update(self, note: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(note)
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"{self.desc}: {self.done}/{self.total} {note}", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def write_results(results: Sequence[BenchResult | dict[str, Any]], out: str | pathlib.Path, meta: dict[str, Any]) -> tuple[pathlib.Path, pathlib.Path]:

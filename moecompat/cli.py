@@ -1,26 +1,62 @@
-"""Command line: ``moecompat doctor`` (and the tools added on top of it)."""
+"""Command line: ``moecompat doctor``, ``bench``, ``tune``, ``plot`` and ``wheelhouse``.
+
+Every user error and every missing optional dependency ends in one line on stderr that says
+what to do, and exit status 2 (never a traceback); ``moecompat doctor --json`` writes exactly one
+JSON document to stdout, whatever the engines print while they import.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+from ._version import __version__
+from .engines._specs import ENGINE_NAMES
 from .errors import MoECompatWarning
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+EXTRAS = ("Optional extras: pip install 'moecompat[bench]' (matplotlib, tqdm: plots and progress bars), "
+          "'moecompat[ray]' (--ray), 'moecompat[loader]' (safetensors checkpoints).")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout inside the block to stderr: Python writes (an engine's
+    logging handler bound to ``sys.stdout`` at import) and C-level writes to file descriptor 1."""
+    sys.stdout.flush()
+    saved_fd = None
+    try:
+        saved_fd = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no real descriptors (embedded interpreters): Python-level only
+        saved_fd = None
+    saved, sys.stdout = sys.stdout, sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = saved
+        if saved_fd is not None:
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
 
 
 def _doctor(args: argparse.Namespace) -> int:
     from .info import doctor_report
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _stdout_to_stderr():
         warnings.simplefilter("always", MoECompatWarning)
         report = doctor_report()
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=False))
+        report["warnings"] = [str(w.message) for w in caught]
+        sys.stdout.write(json.dumps(report, indent=2, sort_keys=False) + "\n")
         return 0
     out = []
     out.append(f"moecompat {report['moecompat']}  python {report['python']}  torch {report['torch']}  triton {report['triton'] or '-'}")
@@ -29,7 +65,12 @@ def _doctor(args: argparse.Namespace) -> int:
     eng = report["engines"]
     out.append("engines: " + ", ".join(f"{k} {v or '-'}" for k, v in eng.items()))
     for name in report["untested_engines"]:
-        out.append(f"warning: {name} is newer or older than the versions moecompat was tested with; known signatures are used where they match")
+        engine = name.split()[0]
+        out.append(f"warning: {name} is outside the tested releases ({report['tested'].get(engine, '?')}); known "
+                   "call forms are used where they match, and what does not match is reported as drift below")
+    for key, notes in report["drift"].items():
+        for note in notes:
+            out.append(f"drift: {key}: {note}")
     for w in caught:
         out.append(f"warning: {w.message}")
     out.append("")
@@ -44,56 +85,95 @@ def _doctor(args: argparse.Namespace) -> int:
                 what = r["detail"] or ""
             out.append(f"{ep:<22} {backend + mark:<10} {r['status']:<12} {what}")
     out.append("")
-    out.append("* = what backend='auto' uses on CUDA tensors (CPU tensors use the reference backend)")
+    out.append("* = what backend='auto' uses on CUDA tensors (CPU tensors use the reference backend); "
+               "drift = the installed release contradicts moecompat's facts (MOECOMPAT_STRICT=1 makes it an error)")
     print("\n".join(out))
     return 0
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show every option's default, keep the epilogs' line breaks."""
 
 
 def _add_shape_args(p: argparse.ArgumentParser) -> None:
     from .bench import DTYPES, PRESETS
 
-    src = p.add_argument_group("model shape (one of)")
-    src.add_argument("--model", help="a Hugging Face config.json, or a folder holding one (read locally)")
+    src = p.add_argument_group("model shape (exactly one of: --model, --preset, or the four sizes)")
+    src.add_argument("--model", help="a Hugging Face config.json, or a folder holding one (read locally, no download)")
     src.add_argument("--preset", help=f"built-in shape: {', '.join(PRESETS)}")
-    src.add_argument("--num-experts", type=int)
-    src.add_argument("--top-k", type=int)
-    src.add_argument("--hidden-size", type=int)
-    src.add_argument("--intermediate-size", type=int)
-    p.add_argument("--engine", default="auto", choices=["auto", "vllm", "sglang", "reference"])
-    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    p.add_argument("--tp-size", type=int, default=1)
-    p.add_argument("--ep-size", type=int, default=1)
-    p.add_argument("--batch-size", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    src.add_argument("--num-experts", type=int, help="experts of the layer (E)")
+    src.add_argument("--top-k", type=int, help="experts per token (k)")
+    src.add_argument("--hidden-size", type=int, help="hidden size (H)")
+    src.add_argument("--intermediate-size", type=int, help="expert intermediate size (I)")
+    p.add_argument("--engine", default="auto", choices=["auto", "reference", *ENGINE_NAMES],
+                   help="backend to run: an engine, moecompat's reference, or auto (the first installed engine on "
+                   "CUDA, the reference on CPU)")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES),
+                   help="weight precision: bf16/fp16, fp8_w8a8 (per-tensor), fp8_w8a8_block ([128, 128] blocks), "
+                   "int8_w8a16, int4_w4a16 (group 128) or mxfp4_w4a16")
+    p.add_argument("--tp-size", type=int, default=1, help="tensor-parallel ranks: the intermediate size is split over them")
+    p.add_argument("--ep-size", type=int, default=1, help="expert-parallel ranks: the experts are split over them")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+                   help="token counts to time")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per visible GPU)")
-    p.add_argument("--ray", action="store_true", help="spread the work over a Ray cluster (RAY_ADDRESS or a local one)")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--ray", action="store_true", help="spread the work over a Ray cluster (RAY_ADDRESS or a local one; "
+                   "needs moecompat[ray])")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress while it runs (default: on when stderr is a terminal; bars need moecompat[bench])")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moecompat", description="Stable MoE API over vLLM and SGLang versions.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("doctor", help="show versions and how every entry point resolves (paste into bug reports)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser = argparse.ArgumentParser(prog="moecompat", description="Stable MoE API over vLLM and SGLang versions.",
+                                     epilog=EXTRAS, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"moecompat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{doctor,bench,tune,plot,wheelhouse}")
+    p = sub.add_parser("doctor", help="show versions and how every entry point resolves (paste into bug reports)",
+                       description="Installed versions, the device, how every entry point resolves on every installed "
+                       "backend, and any drift between an installed engine release and moecompat's facts.",
+                       formatter_class=_Formatter)
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     p.set_defaults(func=_doctor)
-    b = sub.add_parser("bench", help="time fused MoE for a model shape over batch sizes")
+    b = sub.add_parser("bench", help="time fused MoE for a model shape over batch sizes",
+                       description="Time the fused-MoE experts of a model shape on an engine (or the reference) over "
+                       "batch sizes; CUDA-graph timing on GPUs, wall time on CPU.", epilog=EXTRAS, formatter_class=_Formatter)
     _add_shape_args(b)
     b.add_argument("--out", default="moecompat-bench", help="results path without suffix (.json and .csv are written)")
     b.set_defaults(func=_bench)
-    t = sub.add_parser("tune", help="search Triton configs and write the engine's own tuned-config file")
+    t = sub.add_parser("tune", help="search Triton configs and write the engine's own tuned-config file",
+                       description="Search the engine's fused-MoE Triton configs for each batch size and write them "
+                       "in the engine's own file name and format, where its loader finds them.", epilog=EXTRAS,
+                       formatter_class=_Formatter)
     _add_shape_args(t)
-    t.add_argument("--strategy", default="smart", choices=["smart", "exhaustive", "both"])
+    t.add_argument("--strategy", default="smart", choices=["smart", "exhaustive", "both"],
+                   help="smart: hill-climb from the engine's default config; exhaustive: every config; both: compare")
     t.add_argument("--time-budget", type=float, default=None, help="stop the exhaustive search after this many seconds")
-    t.add_argument("--grid", default="full", choices=["full", "small"], help="config grid to search (small: 432 configs)")
+    t.add_argument("--grid", default="full", choices=["full", "small"],
+                   help="config grid: full (vLLM benchmark_moe.py's) or small (432 configs)")
     t.add_argument("--config-dir", default=None,
                    help="folder for the config file (default: the engine's own package folder)")
     t.add_argument("--out", default="moecompat-tune", help="tuning report path without suffix")
     t.set_defaults(func=_tune)
-    pl = sub.add_parser("plot", help="PNG plots of bench/tune results (or a tracker JSON heatmap)")
+    pl = sub.add_parser("plot", help="PNG plots of bench/tune results (or a tracker JSON heatmap)",
+                        description="Latency and bandwidth-share plots of bench/tune results, tuning speed-ups, and "
+                        "expert-activation heatmaps of tracker JSON files (needs moecompat[bench]).",
+                        formatter_class=_Formatter)
     pl.add_argument("results", nargs="+", help="results .json files written by bench/tune (or tracker JSON)")
-    pl.add_argument("--out-dir", default=".")
+    pl.add_argument("--out-dir", default=".", help="folder the PNG files are written to")
     pl.set_defaults(func=_plot)
+    w = sub.add_parser("wheelhouse", help="download the wheels an offline (air-gapped) GPU machine needs for an engine",
+                       description="Download an engine release, moecompat and their dependencies as wheels for a "
+                       "target Python and platform, for pip install --no-index on a machine without network "
+                       "(docs/offline.md).", formatter_class=_Formatter)
+    w.add_argument("engine", choices=list(ENGINE_NAMES), help="the engine")
+    w.add_argument("version", help="the engine release, e.g. 0.26.0")
+    w.add_argument("--dest", default="wheelhouse", help="folder the wheels are written to")
+    w.add_argument("--python-version", default="3.12", help="the target machine's Python (major.minor)")
+    w.add_argument("--platform", action="append", default=None,
+                   help="pip platform tag of the target (repeatable; default: the manylinux x86_64 tags)")
+    w.add_argument("--dry-run", action="store_true", help="print the pip command instead of running it")
+    w.set_defaults(func=_wheelhouse)
     return parser
 
 
@@ -123,21 +203,65 @@ def _shape(args: argparse.Namespace):
 def _device(args: argparse.Namespace) -> str:
     import torch
 
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .errors import InvalidInputError
+
+    if args.device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError("--device", "cpu, cuda or cuda:N", repr(args.device)) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InvalidInputError("--device", "cpu (this machine has no usable CUDA device)", repr(args.device))
+        if device.index is not None and device.index >= count:
+            raise InvalidInputError("--device", f"cuda:0 .. cuda:{count - 1}", repr(args.device))
+    elif device.type != "cpu":
+        raise InvalidInputError("--device", "cpu, cuda or cuda:N", repr(args.device))
+    return str(args.device)
 
 
 def _engine(args: argparse.Namespace, device: str) -> str:
-    from .backends import auto_backend
+    from ._backends import auto_backend
     from .engines import ENGINES
-    from .errors import UnsupportedFeatureError
+    from .errors import EngineNotInstalledError
 
     if args.engine == "auto":
         return auto_backend("fused_experts", device.startswith("cuda"))[0]
     if args.engine != "reference":
         eng = ENGINES[args.engine]
         if eng.version() is None:
-            raise UnsupportedFeatureError(args.engine, None, "bench/tune", detail="the engine is not installed")
+            raise EngineNotInstalledError(args.engine, args.command, eng.spec.get("install", args.engine))
     return str(args.engine)
+
+
+def _check_optional(args: argparse.Namespace) -> None:
+    """Missing optional packages the options need: one clear error before any work starts."""
+    import importlib.util
+
+    from .errors import MissingDependencyError
+
+    if args.ray and importlib.util.find_spec("ray") is None:
+        raise MissingDependencyError("ray", "--ray", "ray")
+    if args.progress and importlib.util.find_spec("tqdm") is None:
+        raise MissingDependencyError("tqdm", "--progress", "bench")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """--progress / --no-progress, else on when stderr is a terminal."""
+    return args.progress if args.progress is not None else sys.stderr.isatty()
+
+
+def _header(args: argparse.Namespace, backend: str, device: str, shape: Any) -> str:
+    from .info import engine_info
+
+    info = engine_info()
+    version = getattr(info, backend, None) if backend != "reference" else None
+    where = info.cuda_device if device.startswith("cuda") and info.cuda_device else device
+    return (f"{shape.name}: E={shape.num_experts} top_k={shape.top_k} H={shape.hidden_size} I={shape.intermediate_size} "
+            f"(tp {args.tp_size}, ep {args.ep_size})  dtype {args.dtype}  device {where}  "
+            f"engine {backend}{' ' + str(version) if version else ''}  moecompat {__version__}")
 
 
 def _bench_task(payload: dict) -> list[dict]:
@@ -174,19 +298,25 @@ def _bench(args: argparse.Namespace) -> int:
     from . import _workers as workers
     from .bench import write_results
 
+    _check_optional(args)
     shape = _shape(args)
     device = _device(args)
     backend = _engine(args, device)
+    print(_header(args, backend, device, shape))
     payload = {"shape": dataclasses.asdict(shape), "dtype": args.dtype, "backend": backend, "device": device,
-               "seed": args.seed, "progress": args.progress}
+               "seed": args.seed, "progress": _progress(args)}
     rows = workers.run(_bench_task, payload, args.batch_size, _workers(args, device), args.ray)
     rows.sort(key=lambda r: r["batch_size"])
     jpath, cpath = write_results(rows, args.out, _meta(args, backend, device, shape))
-    print(f"{'batch':>6} {'ms':>9} {'TFLOP/s':>8} {'GB/s':>8} {'BW share':>8}")
+    print(f"{'batch':>6} {'ms':>10} {'TFLOP/s':>9} {'GB/s':>8} {'% peak':>7} {'% read':>7}")
     for r in rows:
-        share = f"{r['bandwidth_share']:.0%}" if r["bandwidth_share"] is not None else "-"
+        peak = f"{r['peak_share']:.0%}" if r.get("peak_share") is not None else "-"
+        read = f"{r['read_share']:.0%}" if r.get("read_share") is not None else "-"
         gbs = f"{r['gbs']:.0f}" if r["gbs"] is not None else "-"
-        print(f"{r['batch_size']:>6} {r['latency_ms']:>9.4f} {r['tflops']:>8.1f} {gbs:>8} {share:>8}")
+        print(f"{r['batch_size']:>6} {r['latency_ms']:>10.4f} {r['tflops']:>9.3g} {gbs:>8} {peak:>7} {read:>7}")
+    if rows and rows[0].get("peak_gbs"):
+        print(f"% peak: of the GPU's spec memory bandwidth ({rows[0]['peak_gbs']:.0f} GB/s); % read: of the read "
+              f"bandwidth measured here ({rows[0]['read_gbs']:.0f} GB/s)")
     print(f"wrote {jpath} and {cpath}")
     return 0
 
@@ -241,10 +371,12 @@ def _tune(args: argparse.Namespace) -> int:
     from . import _workers as workers
     from .tune import check_tunable, write_engine_config
 
+    _check_optional(args)
     shape = _shape(args)
     device = _device(args)
     backend = _engine(args, device)
     check_tunable(backend)
+    print(_header(args, backend, device, shape))
     payload = {"shape": dataclasses.asdict(shape), "dtype": args.dtype, "backend": backend, "device": device,
                "seed": args.seed, "strategy": args.strategy, "grid": args.grid, "time_budget": args.time_budget,
                "partial": f"{args.out}.partial.json"}
@@ -281,7 +413,19 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wheelhouse(args: argparse.Namespace) -> int:
+    from .wheelhouse import build_wheelhouse
+
+    platforms = tuple(args.platform) if args.platform else None
+    result = build_wheelhouse(args.engine, args.version, args.dest, python_version=args.python_version,
+                              platforms=platforms, dry_run=args.dry_run)
+    print(result)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``moecompat`` command; returns the exit status (2 for a user error, with one line on
+    stderr naming the fix)."""
     from .errors import MoECompatError
 
     parser = build_parser()
@@ -291,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MoECompatError as exc:
         print(f"moecompat {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"moecompat {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,21 +13,16 @@ from typing import Any
 
 import torch
 
+from ._backends import get_impl
+from ._scalars import describe
+from .engines import vllm as _vllm
 from .errors import InvalidInputError
 
 __all__ = ["IGNORES_EXPERT_MAP", "ep_moe_layer_class", "local_expert_ids", "shard_experts", "supports_expert_map"]
 
-#: Experts classes whose ``supports_expert_map()`` returned False in vLLM 0.20-0.22 (they apply no
-#: expert map; after #43108 they silently ignore one).
-IGNORES_EXPERT_MAP: frozenset[str] = frozenset({
-    "FlashInferExperts", "NaiveBatchedExperts", "BatchedTritonExperts", "TrtLlmNvFp4ExpertsBase",
-    "TrtLlmBf16Experts", "BatchedDeepGemmExperts", "TrtLlmFp8ExpertsBase", "FlashInferCuteDSLBatchedExperts",
-    "TrtLlmMxfp4ExpertsBase", "CutlassExpertsFp8", "CutlassBatchedExpertsFp8", "CutlassExpertsFp4",
-    "CutlassExpertsMxfp4", "FlashInferCuteDSLExperts",
-})
-#: Subclasses that re-enabled it (their own method returned True).
-HONOURS_EXPERT_MAP: frozenset[str] = frozenset({"TrtLlmMxfp4ExpertsModular", "CutlassExpertsW4A8Fp8"})
-
+#: Experts classes whose ``supports_expert_map()`` returned False in the last vLLM release with
+#: the method (a vLLM fact: :data:`moecompat.engines.vllm.IGNORES_EXPERT_MAP`).
+IGNORES_EXPERT_MAP = _vllm.IGNORES_EXPERT_MAP
 
 def supports_expert_map(experts: Any) -> bool:
     """Whether an engine experts object (or class) applies an ``expert_map``.
@@ -53,20 +48,14 @@ def supports_expert_map(experts: Any) -> bool:
             except (TypeError, AttributeError, NotImplementedError):
                 break
     # After #43108: the answer the last release with the method (0.22) gave for the class.
-    for klass in cls.__mro__:
-        if klass.__name__ in HONOURS_EXPERT_MAP:
-            return True
-        if klass.__name__ in IGNORES_EXPERT_MAP:
-            return False
-    return True
+    by_name = _vllm.supports_expert_map_by_name(cls)
+    return True if by_name is None else by_name
 
 
 def ep_moe_layer_class(quant_config: Any = None, *, backend: str = "auto") -> Any:
     """The installed engine's expert-parallel MoE layer class: SGLang's ``EPMoE`` (< 0.5.3) or
     what ``get_moe_impl_class(quant_config)`` picks (``DeepEPMoE``/``FusedMoE``, 0.5.x); vLLM's
     ``FusedMoE``. Raises ``UnsupportedFeatureError`` with no engine."""
-    from .backends import get_impl
-
     return get_impl("ep_moe_layer_class", backend, True)(quant_config)
 
 
@@ -74,11 +63,18 @@ def local_expert_ids(expert_map: torch.Tensor) -> torch.Tensor:
     """Global ids of this rank's experts in local order (``ids[j]`` is local expert ``j``), from
     ``expert_map: [global_num_experts]`` int (local id, -1 for experts of other ranks) as
     :func:`moecompat.make_expert_map` returns it."""
+    if not isinstance(expert_map, torch.Tensor):
+        raise InvalidInputError("expert_map", "a 1-D integer tensor [global_num_experts]", describe(expert_map))
     if expert_map.dim() != 1 or expert_map.dtype.is_floating_point:
         raise InvalidInputError("expert_map", "a 1-D integer tensor [global_num_experts]",
                                 f"{list(expert_map.shape)} {expert_map.dtype}")
     owned = (expert_map >= 0).nonzero().flatten()
-    return owned[expert_map[owned].argsort()]
+    local = expert_map[owned]
+    # Setup-time function (weights sharding): a host read is fine here.
+    if bool((expert_map < -1).any()) or not torch.equal(local.sort().values.cpu().long(), torch.arange(local.numel())):
+        raise InvalidInputError("expert_map", "local ids 0..n-1 (each once) for this rank's experts and -1 elsewhere",
+                                expert_map.tolist() if expert_map.numel() <= 32 else f"{expert_map.numel()} entries")
+    return owned[local.argsort()]
 
 
 def shard_experts(w1: torch.Tensor, w2: torch.Tensor, quant_config: Any, expert_map: torch.Tensor,
@@ -89,6 +85,11 @@ def shard_experts(w1: torch.Tensor, w2: torch.Tensor, quant_config: Any, expert_
     scales (``a1_scale``/``a2_scale``) are kept. ``quant_config``: a ``QuantConfig`` or None."""
     from .quant import QuantConfig
 
+    for name, t in (("w1", w1), ("w2", w2)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise InvalidInputError(name, "a 3-D tensor [global_num_experts, ...]",
+                                    list(t.shape) if isinstance(t, torch.Tensor) else describe(t))
+    local_expert_ids(expert_map)  # the map's own checks
     if expert_map.numel() != w1.shape[0] or w2.shape[0] != w1.shape[0]:
         raise InvalidInputError("expert_map", f"one entry per global expert ({w1.shape[0]} in w1, {w2.shape[0]} in w2)",
                                 f"{expert_map.numel()} entries")

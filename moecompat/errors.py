@@ -1,8 +1,8 @@
 """Exceptions raised by moecompat.
 
-Every error moecompat raises on purpose derives from :class:`MoECompatError`, so callers can
-catch the library's errors without catching unrelated ``ValueError``/``TypeError`` from deep
-inside an engine kernel (those are never caught, wrapped or retried by moecompat).
+Every error moecompat raises on purpose derives from [`MoECompatError`][moecompat.MoECompatError],
+so callers can catch the library's errors without catching unrelated ``ValueError``/``TypeError``
+from deep inside an engine kernel (those are never caught, wrapped or retried by moecompat).
 """
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "EngineDriftError",
     "EngineImportError",
+    "EngineNotInstalledError",
     "InvalidInputError",
+    "MissingDependencyError",
     "MoECompatError",
     "MoECompatWarning",
     "UnsupportedFeatureError",
@@ -80,3 +83,47 @@ class UnsupportedFeatureError(MoECompatError, NotImplementedError):
 
 class EngineImportError(UnsupportedFeatureError):
     """An installed engine failed to import (missing CUDA libraries, ABI mismatch, ...)."""
+
+
+class EngineNotInstalledError(UnsupportedFeatureError):
+    """A backend was named explicitly (``backend="vllm"``) but that engine is not installed."""
+
+    def __init__(self, engine: str, feature: str, install: str) -> None:
+        super().__init__(engine, None, feature)
+        self.install = install
+        # Replace the generic message: what to do is install the engine or use the reference.
+        self.args = (f"backend={engine!r}: {engine} is not installed (needed for {feature}); "
+                     f"install it (pip install {install}) or use backend='reference', moecompat's "
+                     "pure-PyTorch backend, which runs everywhere",)
+
+
+class EngineDriftError(UnsupportedFeatureError):
+    """The installed engine release does not match moecompat's version facts.
+
+    Either a fact says the release has a symbol or parameter and it does not (it moved or was
+    renamed), or the release is newer than the tested range and lacks what moecompat looks
+    for. ``tested`` is the tested range; ``detail`` says what was missing and where it was
+    looked for. ``backend="auto"`` falls back to the reference backend with one
+    [`MoECompatWarning`][moecompat.MoECompatWarning]; ``MOECOMPAT_STRICT=1`` makes it raise this
+    instead.
+    """
+
+    def __init__(self, engine: str, installed: str | None, feature: str, detail: str = "", tested: str = "") -> None:
+        super().__init__(engine, installed, feature, detail=detail)
+        self.tested = tested
+        self.args = (f"{feature}: {engine} {installed} does not match moecompat's facts (drift): {detail}"
+                     + (f"; tested releases: {engine}{tested}" if tested else "")
+                     + "; please report it with the output of `moecompat doctor`",)
+
+
+class MissingDependencyError(MoECompatError, ImportError):
+    """An optional dependency of the feature that was asked for is not installed.
+
+    ``package`` is the import name, ``extra`` the moecompat extra that installs it
+    (``pip install 'moecompat[bench]'``).
+    """
+
+    def __init__(self, package: str, feature: str, extra: str) -> None:
+        self.package, self.feature, self.extra = package, feature, extra
+        super().__init__(f"{feature} needs the optional package {package!r}, which is not installed: "
+                         f"pip install 'moecompat[{extra}]' (or pip install {package})")

@@ -8,18 +8,8 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+from ._mpl import pyplot
 from .errors import InvalidInputError
-
-
-def _plt() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InvalidInputError("plot", "matplotlib installed (pip install 'moecompat[bench]')", "not installed") from None
-    return plt
 
 
 def _label(meta: dict[str, Any]) -> str:
@@ -29,7 +19,7 @@ def _label(meta: dict[str, Any]) -> str:
 
 def plot_files(paths: Sequence[str], out_dir: str) -> list[pathlib.Path]:
     """Read bench/tune/tracker JSON files and write PNGs into ``out_dir``; returns their paths."""
-    plt = _plt()
+    plt = pyplot()
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     docs = []
@@ -71,16 +61,20 @@ def plot_files(paths: Sequence[str], out_dir: str) -> list[pathlib.Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
-    shares = [(p, d) for p, d in bench if any(r.get("bandwidth_share") for r in d["results"])]
+    # Older results files (before the read-bandwidth roofline) carry "bandwidth_share" (of copy bandwidth).
+    def share(r: dict[str, Any]) -> float | None:
+        return r.get("peak_share", r.get("bandwidth_share"))
+
+    shares = [(p, d) for p, d in bench if any(share(r) for r in d["results"])]
     if shares:
         fig, ax = plt.subplots(figsize=(7, 4))
         for _, d in shares:
             rows = sorted(d["results"], key=lambda r: r["batch_size"])
-            ax.plot([r["batch_size"] for r in rows], [100 * (r["bandwidth_share"] or 0) for r in rows], marker="o", label=_label(d["meta"]))
+            ax.plot([r["batch_size"] for r in rows], [100 * (share(r) or 0) for r in rows], marker="o", label=_label(d["meta"]))
         ax.axhline(70, color="grey", ls=":", label="70% target")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size (tokens)")
-        ax.set_ylabel("% of measured copy bandwidth")
+        ax.set_ylabel("% of peak memory bandwidth")
         ax.set_ylim(0, 110)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

@@ -31,7 +31,8 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from . import mxfp4 as _mx
+from . import mx as _mx
+from ._scalars import check_bool, check_int, check_int_pair, describe
 from .errors import InvalidInputError
 from .vocab import QuantScheme, parse_scheme
 
@@ -85,6 +86,20 @@ class QuantConfig:
     #: Engine-specific translations of this config (built once, on first use by an adapter).
     _engine_cache: dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # Types only (make_quant_config checks the combinations): a directly built config must
+        # not carry a str scheme, a float group size or an int block shape into a kernel.
+        object.__setattr__(self, "scheme", parse_scheme(self.scheme))
+        for name in ("w1_scale", "w2_scale", "a1_scale", "a2_scale", "w1_zp", "w2_zp"):
+            t = getattr(self, name)
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise InvalidInputError(name, "a torch.Tensor or None", describe(t))
+        if self.block_shape is not None:
+            object.__setattr__(self, "block_shape", check_int_pair("block_shape", self.block_shape))
+        check_bool("per_act_token_quant", self.per_act_token_quant)
+        check_bool("per_out_ch_quant", self.per_out_ch_quant)
+        check_int("group_size", self.group_size, minimum=1, none=True)
+
     @property
     def is_quantized(self) -> bool:
         return self.scheme is not None
@@ -132,6 +147,11 @@ class MixedQuantConfig:
     w13: QuantConfig
     w2: QuantConfig
 
+    def __post_init__(self) -> None:
+        for name in ("w13", "w2"):
+            if not isinstance(getattr(self, name), QuantConfig):
+                raise InvalidInputError(name, "a moecompat.QuantConfig (see make_quant_config)", describe(getattr(self, name)))
+
     def for_gemm(self, which: int) -> QuantConfig:
         return self.w13 if which == 1 else self.w2
 
@@ -161,6 +181,13 @@ def make_mixed_quant_config(
     """A :class:`MixedQuantConfig`, e.g. ``make_mixed_quant_config("fp8_w8a8", "int4_w4a16",
     w13_scale=s13, w2_scale=s2, w2_zp=z2, w2_options={"group_size": 128})``. ``*_options`` are the
     other :func:`make_quant_config` keywords (block_shape, group_size, per-channel flags)."""
+    for name, opts in (("w13_options", w13_options), ("w2_options", w2_options)):
+        if opts is not None and not isinstance(opts, dict):
+            raise InvalidInputError(name, "a dict of make_quant_config keywords or None", describe(opts))
+        allowed = {"block_shape", "group_size", "per_act_token_quant", "per_out_ch_quant"}
+        for key in opts or {}:
+            if key not in allowed:
+                raise InvalidInputError(f"{name}[{key!r}]", "one of " + ", ".join(sorted(allowed)), repr(key))
     return MixedQuantConfig(_one_side(w13_scheme, w13_scale, w13_zp, a1_scale, **(w13_options or {})),
                             _one_side(w2_scheme, w2_scale, w2_zp, a2_scale, **(w2_options or {})))
 
@@ -184,6 +211,11 @@ class ExpertGroup:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "experts", _expert_ids("experts", self.experts))
+        for name in ("w1", "w2"):
+            if not isinstance(getattr(self, name), torch.Tensor):
+                raise InvalidInputError(name, "a torch.Tensor", describe(getattr(self, name)))
+        if not isinstance(self.quant_config, (QuantConfig, MixedQuantConfig)):
+            raise InvalidInputError("quant_config", "a QuantConfig or MixedQuantConfig", describe(self.quant_config))
 
     def describe(self) -> str:
         """e.g. ``experts 0-3: fp8_w8a8 per-channel``."""
@@ -216,6 +248,9 @@ class PerExpertQuantConfig:
     #: device -> (per-group expert maps ``[global_num_experts]`` int32, coverage mask
     #: ``[global_num_experts]`` bool), built once per device.
     _maps: dict[torch.device, tuple[tuple[torch.Tensor, ...], torch.Tensor]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    #: (backend, activation, on_input, device, adapter) -> the bound runner of each group.
+    _runners: dict[tuple[Any, ...], tuple[Any, ...]] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -372,6 +407,11 @@ def make_quant_config(
     this function checks what it can without them.
     """
     s = parse_scheme(scheme)
+    per_act_token_quant = check_bool("per_act_token_quant", per_act_token_quant)
+    per_out_ch_quant = check_bool("per_out_ch_quant", per_out_ch_quant)
+    if block_shape is not None:
+        block_shape = check_int_pair("block_shape", block_shape)
+    group_size = check_int("group_size", group_size, minimum=1, none=True)
     if s is None:
         extra = {
             k: v
@@ -400,8 +440,6 @@ def make_quant_config(
             raise InvalidInputError(
                 "block_shape", "None for scheme " + repr(s.value) + " (block scales are for fp8_w8a8/int8_w8a8; int4 uses group_size)", list(block_shape)
             )
-        if len(block_shape) != 2 or any(not isinstance(b, int) or b <= 0 for b in block_shape):
-            raise InvalidInputError("block_shape", "two positive ints [block_n, block_k]", block_shape)
         bs = (int(block_shape[0]), int(block_shape[1]))
         if per_act_token_quant or per_out_ch_quant:
             raise InvalidInputError("block_shape", "None when per_act_token_quant/per_out_ch_quant is set", list(bs))
@@ -415,7 +453,7 @@ def make_quant_config(
     if per_out_ch_quant and s not in _W8A8:
         raise InvalidInputError("per_out_ch_quant", f"False for scheme {s.value!r} (its scale layout is fixed)", True)
     if s is QuantScheme.INT4_W4A16:
-        if group_size is None or group_size <= 0:
+        if group_size is None:
             raise InvalidInputError("group_size", "a positive group size for int4_w4a16 (e.g. 128)", group_size)
         if (w1_zp is None) != (w2_zp is None):
             raise InvalidInputError("w2_zp", "zero points for both w1 and w2 or for neither", "only one given")
@@ -493,6 +531,9 @@ def expected_zp_shape(cfg: QuantConfig, e: int, n: int, k: int) -> tuple[int, ..
 
 def pack_int4(q: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Pack int4 codes (integers 0..15) two per byte along ``dim``; even index in the low nibble."""
+    if not isinstance(q, torch.Tensor) or q.is_complex():
+        raise InvalidInputError("q", "a real tensor of int4 codes 0..15", getattr(q, "dtype", describe(q)))
+    dim = check_int("dim", dim, minimum=-q.dim(), maximum=q.dim() - 1)
     q = q.to(torch.uint8).movedim(dim, -1)
     if q.shape[-1] % 2:
         raise InvalidInputError("q", f"an even size along dim {dim}", tuple(q.shape))
@@ -500,7 +541,10 @@ def pack_int4(q: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def unpack_int4(packed: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Inverse of :func:`pack_int4`: bytes -> int4 codes (uint8 0..15), doubling ``dim``."""
+    """Inverse of [`pack_int4`][moecompat.quant.pack_int4]: bytes -> int4 codes (uint8 0..15), doubling ``dim``."""
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
+        raise InvalidInputError("packed", "a uint8 tensor", getattr(packed, "dtype", describe(packed)))
+    dim = check_int("dim", dim, minimum=-packed.dim(), maximum=packed.dim() - 1)
     p = packed.movedim(dim, -1)
     out = torch.stack([p & 0x0F, (p >> 4) & 0x0F], dim=-1).reshape(*p.shape[:-1], p.shape[-1] * 2)
     return out.movedim(-1, dim)
@@ -533,8 +577,17 @@ def quantize_weights(
 ) -> QuantizedWeights:
     """Quantize float expert weights ``w [E, N, K]`` into the layout of ``scheme`` (module doc)."""
     s = parse_scheme(scheme)
+    if s is None:
+        raise InvalidInputError("scheme", "a quantization scheme", None)
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise InvalidInputError("w", "a floating-point tensor [E, N, K]", getattr(w, "dtype", describe(w)))
     if w.dim() != 3:
         raise InvalidInputError("w", "a 3-D tensor [E, N, K]", tuple(w.shape))
+    if block_shape is not None:
+        block_shape = check_int_pair("block_shape", block_shape)
+    per_out_ch_quant = check_bool("per_out_ch_quant", per_out_ch_quant)
+    zero_point = check_bool("zero_point", zero_point)
+    group_size = check_int("group_size", group_size, minimum=1, none=True)
     e, n, k = w.shape
     wf = w.float()
     if s in _W8A8:
@@ -643,6 +696,11 @@ def quantize_activation(
     s = parse_scheme(scheme)
     if s not in _W8A8:
         raise InvalidInputError("scheme", "fp8_w8a8 or int8_w8a8", s)
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
+        raise InvalidInputError("x", "a 2-D floating-point tensor [T, K]",
+                                list(x.shape) if isinstance(x, torch.Tensor) else describe(x))
+    per_act_token_quant = check_bool("per_act_token_quant", per_act_token_quant)
+    block_k = check_int("block_k", block_k, minimum=1, none=True)
     fp8 = s is QuantScheme.FP8_W8A8
     qmax = FP8_MAX if fp8 else INT8_MAX
     xf = x.float()

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ._scalars import check_int, describe
 from .errors import InvalidInputError, UnsupportedFeatureError
 
 __all__ = ["ExpertActivationTracker"]
@@ -31,10 +32,10 @@ class ExpertActivationTracker:
     """
 
     def __init__(self, num_layers: int, num_experts: int, device: str | torch.device | None = None) -> None:
-        if num_layers < 1 or num_experts < 1:
-            raise InvalidInputError("num_layers/num_experts", "positive integers", (num_layers, num_experts))
-        self.num_layers = num_layers
-        self.num_experts = num_experts
+        self.num_layers: int = check_int("num_layers", num_layers, minimum=1)
+        self.num_experts: int = check_int("num_experts", num_experts, minimum=1)
+        if device is not None:
+            device = _device("device", device)
         self._lock = threading.Lock()
         self.counts: torch.Tensor | None = (
             torch.zeros(num_layers, num_experts + 1, dtype=torch.int64, device=device) if device is not None else None
@@ -43,13 +44,16 @@ class ExpertActivationTracker:
         self._ones_buf: torch.Tensor | None = None
 
     # -- recording --------------------------------------------------------------------------
+    def _check_record_args(self, layer: object) -> int:
+        return check_int("layer", layer, minimum=0, maximum=self.num_layers - 1)
+
     def record(self, layer: int, topk_ids: torch.Tensor) -> None:
         """Count the experts chosen in ``topk_ids [T, k]`` (any int dtype) for ``layer``."""
-        if not 0 <= layer < self.num_layers:
-            raise InvalidInputError("layer", f"an index in [0, {self.num_layers})", layer)
-        if not isinstance(topk_ids, torch.Tensor) or topk_ids.is_floating_point():
+        layer = self._check_record_args(layer)
+        if not isinstance(topk_ids, torch.Tensor) or topk_ids.is_floating_point() or topk_ids.is_complex() \
+                or topk_ids.dtype is torch.bool:
             raise InvalidInputError("topk_ids", "an integer tensor [num_tokens, top_k]",
-                                    getattr(topk_ids, "dtype", type(topk_ids).__name__))
+                                    getattr(topk_ids, "dtype", describe(topk_ids)))
         ids = topk_ids.reshape(-1)
         if ids.dtype not in (torch.int32, torch.int64):
             ids = ids.long()
@@ -64,6 +68,17 @@ class ExpertActivationTracker:
                 ids = ids.to(self.counts.device)
             self.counts[layer].index_add_(0, ids, self._ones(ids.numel()))
             self._steps += 1
+
+    def record_traced(self, layer: int, topk_ids: torch.Tensor) -> None:
+        """[`record`][moecompat.ExpertActivationTracker.record] as ``torch.compile`` traces it: the
+        same counting in the graph, without the lock (a compiled graph is one stream of work).
+        The counts must exist: give the tracker a ``device`` when you construct it."""
+        layer = self._check_record_args(layer)
+        if self.counts is None:
+            raise UnsupportedFeatureError("moecompat", None, "recording under torch.compile without a device",
+                                          detail="construct the tracker with device=... (the counts' device)")
+        ids = topk_ids.reshape(-1).long().clamp(-1, self.num_experts).remainder(self.num_experts + 1)
+        self.counts[layer].index_add_(0, ids, torch.ones_like(ids))
 
     def _ones(self, n: int) -> torch.Tensor:
         """``n`` int64 ones on the counts' device: a view of a buffer kept between steps."""
@@ -80,15 +95,22 @@ class ExpertActivationTracker:
             self._steps = 0
 
     # -- queries ------------------------------------------------------------------------------
+    def _layer(self, layer: object) -> int | None:
+        return check_int("layer", layer, minimum=0, maximum=self.num_layers - 1, none=True)
+
     def layer_counts(self, layer: int | None = None) -> torch.Tensor:
         """Counts ``[num_experts]`` of one layer, or ``[num_layers, num_experts]`` (CPU int64)."""
+        layer = self._layer(layer)
         with self._lock:
             c = (self.counts[:, : self.num_experts].cpu() if self.counts is not None
                  else torch.zeros(self.num_layers, self.num_experts, dtype=torch.int64))
         return c if layer is None else c[layer]
 
     def top_experts(self, layer: int, n: int) -> list[tuple[int, int]]:
-        """The ``n`` most chosen experts of ``layer`` as ``(expert, count)``, most chosen first."""
+        """The ``n`` most chosen experts of ``layer`` as ``(expert, count)``, most chosen first
+        (``n`` larger than ``num_experts`` gives every expert)."""
+        layer = check_int("layer", layer, minimum=0, maximum=self.num_layers - 1)
+        n = check_int("n", n, minimum=1)
         c = self.layer_counts(layer)
         vals, idx = c.topk(min(n, self.num_experts))
         return [(int(i), int(v)) for v, i in zip(vals, idx, strict=True)]
@@ -97,6 +119,7 @@ class ExpertActivationTracker:
         """Load imbalance of one layer (or all layers pooled): ``max_over_mean`` (1 = perfectly
         balanced), coefficient of variation ``cv``, Shannon ``entropy`` (nats) and
         ``normalized_entropy`` (entropy / log(num_experts), 1 = uniform)."""
+        layer = self._layer(layer)
         c = self.layer_counts(layer).double()
         if layer is None:
             c = c.sum(0)
@@ -128,17 +151,31 @@ class ExpertActivationTracker:
 
     @classmethod
     def from_json(cls, text: str) -> ExpertActivationTracker:
+        """The tracker [`to_json`][moecompat.ExpertActivationTracker.to_json] wrote; every field is
+        checked (an ``InvalidInputError`` names the field, the expected and the actual value)."""
+        if not isinstance(text, (str, bytes)):
+            raise InvalidInputError("text", "a JSON str written by ExpertActivationTracker.to_json", describe(text))
         try:
             d = json.loads(text)
-            t = cls(int(d["num_layers"]), int(d["num_experts"]), device="cpu")
-            counts = torch.tensor(d["counts"], dtype=torch.int64)
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-            raise InvalidInputError("text", "JSON written by ExpertActivationTracker.to_json", str(exc)) from None
-        if counts.shape != (t.num_layers, t.num_experts):
-            raise InvalidInputError("counts", f"shape [{t.num_layers}, {t.num_experts}]", list(counts.shape))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidInputError("text", "JSON written by ExpertActivationTracker.to_json", f"invalid JSON: {exc}") from None
+        if not isinstance(d, dict):
+            raise InvalidInputError("text", "a JSON object", type(d).__name__)
+        for key in ("num_layers", "num_experts", "counts"):
+            if key not in d:
+                raise InvalidInputError("text", f"a JSON object with {key!r}", f"keys {sorted(d)}")
+        t = cls(check_int("num_layers", d["num_layers"], minimum=1), check_int("num_experts", d["num_experts"], minimum=1),
+                device="cpu")
+        counts = d["counts"]
+        ok = isinstance(counts, list) and len(counts) == t.num_layers and all(
+            isinstance(row, list) and len(row) == t.num_experts and all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in row) for row in counts)
+        if not ok:
+            raise InvalidInputError("counts", f"{t.num_layers} lists of {t.num_experts} non-negative ints",
+                                    describe(counts))
         assert t.counts is not None
-        t.counts[:, : t.num_experts] = counts
-        t._steps = int(d.get("steps", 0))
+        t.counts[:, : t.num_experts] = torch.tensor(counts, dtype=torch.int64).reshape(t.num_layers, t.num_experts)
+        t._steps = check_int("steps", d.get("steps", 0), minimum=0)
         return t
 
     def to_sglang_dump(self, path: str | pathlib.Path) -> None:
@@ -150,10 +187,14 @@ class ExpertActivationTracker:
     @classmethod
     def from_sglang_dump(cls, path: str | pathlib.Path) -> ExpertActivationTracker:
         """Read an SGLang expert-distribution stat dump (sums its buffered steps)."""
-        data = torch.load(str(path), map_location="cpu", weights_only=False)
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError, ValueError) as exc:
+            raise InvalidInputError("path", "a readable SGLang expert distribution dump (torch.save)", f"{path}: {exc}") from None
         lc = data.get("logical_count") if isinstance(data, dict) else None
-        if lc is None or lc.dim() not in (2, 3):
-            raise InvalidInputError("path", "an SGLang expert distribution dump with logical_count", str(path))
+        if not isinstance(lc, torch.Tensor) or lc.dim() not in (2, 3) or lc.is_floating_point() or lc.numel() == 0:
+            raise InvalidInputError("path", "an SGLang expert distribution dump with an integer logical_count "
+                                    "[steps, layers, experts]", str(path))
         lc = lc.sum(0) if lc.dim() == 3 else lc
         t = cls(lc.shape[0], lc.shape[1], device="cpu")
         assert t.counts is not None
@@ -162,9 +203,9 @@ class ExpertActivationTracker:
 
     def plot_heatmap(self, path: str | pathlib.Path) -> pathlib.Path:
         """PNG heatmap of the share of tokens per expert (columns) and layer (rows)."""
-        from .plot import _plt
+        from ._mpl import pyplot
 
-        plt = _plt()
+        plt = pyplot()
         c = self.layer_counts().double()
         share = c / c.sum(1, keepdim=True).clamp(min=1)
         fig, ax = plt.subplots(figsize=(min(16, 2 + self.num_experts * 0.12), min(12, 1.5 + self.num_layers * 0.3)))
@@ -195,6 +236,9 @@ class ExpertActivationTracker:
         from .engines import ENGINES
 
         names = [engine] if engine != "auto" else [n for n, e in ENGINES.items() if e.version() is not None]
+        for name in names:
+            if name not in ENGINES:
+                raise InvalidInputError("engine", "'auto' or one of " + ", ".join(map(repr, ENGINES)), repr(name))
         targets: list[tuple[Any, str]] = []
         for name in names:
             targets += engine_hook_targets(name)
@@ -245,37 +289,17 @@ class ExpertActivationTracker:
                 setattr(owner, attr, raw)
 
 
-#: Where each engine's MoE layers look up their routing (module, attribute path), newest first.
-#: Absent ones are skipped, so one list serves every version.
-_HOOKS: dict[str, list[tuple[str, str]]] = {
-    "sglang": [("sglang.srt.layers.moe.topk", "select_experts")],
-    "vllm": [
-        # >= 0.20: every router class routes through this template method.
-        ("vllm.model_executor.layers.fused_moe.router.base_router", "BaseRouter._select_experts"),
-        # < 0.20: the layer's own (static, later instance) method.
-        ("vllm.model_executor.layers.fused_moe.layer", "FusedMoE.select_experts"),
-        # CPU MoE layers call a module-level select_experts (moved twice).
-        ("vllm.model_executor.layers.fused_moe.router.cpu_router", "select_experts"),
-        ("vllm.model_executor.layers.fused_moe.experts.cpu_moe", "select_experts"),
-        ("vllm.model_executor.layers.fused_moe.cpu_fused_moe", "select_experts"),
-    ],
-}
-
-
 def engine_hook_targets(engine: str) -> list[tuple[Any, str]]:
-    """(owner, attribute) pairs that :meth:`ExpertActivationTracker.record_engine` wraps for
-    ``engine`` in the installed version; an owner is a module or a class."""
-    import importlib
+    """(owner, attribute) pairs that [`record_engine`][moecompat.ExpertActivationTracker.record_engine]
+    wraps for ``engine`` in the installed version; an owner is a module or a class. Where they
+    are is an engine fact (the ``routing_hooks`` adapter)."""
+    from ._backends import get_impl
 
-    out: list[tuple[Any, str]] = []
-    for mod, path in _HOOKS.get(engine, []):
-        try:
-            owner: Any = importlib.import_module(mod)
-        except ImportError:
-            continue
-        *parents, attr = path.split(".")
-        for p in parents:
-            owner = getattr(owner, p, None)
-        if owner is not None and (attr in owner.__dict__ if isinstance(owner, type) else hasattr(owner, attr)):
-            out.append((owner, attr))
-    return out
+    return list(get_impl("routing_hooks", engine, True)())
+
+
+def _device(name: str, value: object) -> torch.device:
+    try:
+        return torch.device(value)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(name, "a torch.device or a device string ('cpu', 'cuda:0')", describe(value)) from None

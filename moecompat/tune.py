@@ -211,10 +211,10 @@ def write_engine_config(results: dict[int, TuneResult] | dict[int, Config], num_
     Returns (path, environment variables the engine needs to find it: empty when written into
     the engine's package folder).
     """
-    from .tuning import config_dtype_str, config_file_name, tuned_config_location
+    from .tuning import config_dtype_str, get_config_file_name, tuned_config_location
 
     dtype_str = config_dtype_str(dtype, backend)
-    name = config_file_name(num_experts, n, dtype_str, list(block_shape) if block_shape else None, backend=backend)
+    name = get_config_file_name(num_experts, n, dtype_str, list(block_shape) if block_shape else None, backend=backend)
     target, env = tuned_config_location(folder, backend)
     path = pathlib.Path(target) / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,26 +235,13 @@ def write_engine_config(results: dict[int, TuneResult] | dict[int, Config], num_
 
 def default_config(backend: str, batch_size: int, num_experts: int, n: int, k: int, top_k: int, dtype: str,
                    block_shape: Sequence[int] | None) -> Config | None:
-    """The engine's own default Triton config for this problem (vLLM get_default_config), if any."""
-    if backend != "vllm":
-        return None
-    try:
-        import inspect
+    """The engine's own default Triton config for this problem (vLLM ``get_default_config``), or
+    ``None`` where the backend has none."""
+    from .tuning import config_dtype_str, get_default_config
 
-        from vllm.model_executor.layers.fused_moe.fused_moe import get_default_config
-
-        from .tuning import config_dtype_str
-
-        params = inspect.signature(get_default_config).parameters
-        kw: dict[str, Any] = {}
-        if "block_shape" in params:
-            kw["block_shape"] = list(block_shape) if block_shape else None
-        if "is_marlin" in params:
-            kw["is_marlin"] = False
-        cfg = get_default_config(batch_size, num_experts, n, k, top_k, config_dtype_str(dtype, backend), **kw)
-        return {key: int(cfg[key]) for key in PARAM_GRID if key in cfg} if cfg else None
-    except Exception:
-        return None
+    cfg = get_default_config(batch_size, num_experts, n, k, top_k, config_dtype_str(dtype, backend),
+                             list(block_shape) if block_shape else None, backend=backend)
+    return {key: cfg[key] for key in PARAM_GRID if key in cfg} if cfg else None
 
 
 def check_tunable(backend: str) -> None:

@@ -1,7 +1,7 @@
-"""SGLang backend: the version facts (one table) and the adapters built from them.
+"""SGLang backend: the version facts (one keyed table) and the adapters built from them.
 
 Paths are under ``sglang.srt.layers.moe``. Every fact names the versions it holds for and is
-checked against the API snapshot of every release (``tests/unit/test_facts_static.py``) and
+checked against the API snapshot of every release (``tests/unit/test_surface_facts.py``) and
 against the installed release (``tests/engines``). Adapters probe; facts explain and pin.
 
 Semantics moecompat keeps fixed across SGLang versions:
@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
+import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..adapters import Location, Resolution, Variant, VersionFact
+from .._adapters import Fact, Resolution
+from .._calls import ExpertsCall, RoutingCall
 from ..quant import QuantConfig
 from ..vocab import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT, Activation, QuantScheme, ScoringFunc, TopK
-from .base import TRITON_SCHEME_FLAGS, Engine, mask_expert_map
+from ._specs import ENGINE_SPECS
+from ._triton import KernelCall, KernelRunner, restoring_override
+from .base import Engine
 
 MOE = "sglang.srt.layers.moe"
 TOPK = f"{MOE}.topk"
@@ -36,62 +40,122 @@ OLD_FM = f"{MOE}.fused_moe_triton.fused_moe"
 NEW_FM = f"{MOE}.moe_runner.triton_utils.fused_moe"
 OLD_CFG = f"{MOE}.fused_moe_triton.fused_moe_triton_config"
 NEW_CFG = f"{MOE}.moe_runner.triton_utils.fused_moe_triton_config"
+RUNNER = f"{MOE}.moe_runner.base:MoeRunnerConfig"
+EP = f"{MOE}.ep_moe.layer"
+SERVER_ARGS = "sglang.srt.server_args"
 
 EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel on every platform but NPU/HIP"
 OUTPLACE_NEEDS_TP_GROUP = "out-of-place Triton fused_experts allocates its output with get_tp_group()"
+SIGMOID_NEEDS_BIAS = "sigmoid scoring only with a correction bias (biased_grouped_topk)"
 
-FACTS: tuple[VersionFact, ...] = (
-    VersionFact("select_experts", ">=0.4.7", f"{TOPK}:select_experts"),
-    VersionFact("select_experts(top_k, use_grouped_topk, ..., correction_bias, torch_native) -> (weights, ids)", "<0.5", f"{TOPK}:select_experts", "param", "top_k"),
-    VersionFact("select_experts(topk_config) with TopKConfig", ">=0.5", f"{TOPK}:select_experts", "param", "topk_config"),
-    VersionFact("TopKConfig", ">=0.5", f"{TOPK}:TopKConfig"),
-    VersionFact("TopKConfig.scoring_func (sigmoid without a bias)", ">=0.5.6", f"{TOPK}:TopKConfig", "param", "scoring_func"),
-    VersionFact("StandardTopKOutput", ">=0.4.9", f"{TOPK}:StandardTopKOutput"),
-    VersionFact("fused_experts(topk_weights, topk_ids, ...) with use_* flags", "<0.4.9", f"{OLD_FM}:fused_experts", "param", "topk_ids"),
-    VersionFact("fused_experts(topk_output, ...)", ">=0.4.9,<0.5.11", f"{OLD_FM}:fused_experts", "param", "topk_output"),
-    VersionFact("fused_experts(topk_output, moe_runner_config, ...)", ">=0.5,<0.5.11", f"{OLD_FM}:fused_experts", "param", "moe_runner_config"),
-    VersionFact("fused_experts(..., a1_q)", ">=0.5.17", f"{NEW_FM}:fused_experts", "param", "a1_q"),
-    VersionFact("fused_experts in fused_moe_triton/fused_moe.py", "<0.5.11", f"{OLD_FM}:fused_experts"),
-    VersionFact("fused_experts in moe_runner/triton_utils/fused_moe.py", ">=0.5.11", f"{NEW_FM}:fused_experts"),
-    VersionFact("MoeRunnerConfig", ">=0.5", f"{MOE}.moe_runner.base:MoeRunnerConfig"),
-    VersionFact("MoeRunnerConfig.gemm1_alpha (gpt-oss swiglu)", ">=0.5", f"{MOE}.moe_runner.base:MoeRunnerConfig", "param", "gemm1_alpha"),
-    VersionFact("moe_align_block_size importable from fused_moe_triton/fused_moe.py", "<0.5.11", f"{OLD_FM}:moe_align_block_size"),
-    VersionFact("moe_align_block_size module", ">=0.5.2,<0.5.11", f"{MOE}.fused_moe_triton.moe_align_block_size:moe_align_block_size"),
-    VersionFact("moe_align_block_size in moe_runner/triton_utils", ">=0.5.11", f"{MOE}.moe_runner.triton_utils.moe_align_block_size:moe_align_block_size"),
-    VersionFact("get_config_dtype_str importable from fused_moe_triton/fused_moe.py", "<0.5.11", f"{OLD_FM}:get_config_dtype_str"),
-    VersionFact("get_config_dtype_str in fused_moe_triton_config.py", ">=0.5.2,<0.5.11", f"{OLD_CFG}:get_config_dtype_str"),
-    VersionFact("get_config_dtype_str in moe_runner/triton_utils", ">=0.5.11", f"{NEW_CFG}:get_config_dtype_str"),
-    VersionFact("get_config_file_name: per_channel_quant", ">=0.5.3,<0.5.11", f"{OLD_CFG}:get_config_file_name", "param", "per_channel_quant"),
-    VersionFact("get_config_file_name: down_moe", ">=0.5.4,<0.5.11", f"{OLD_CFG}:get_config_file_name", "param", "down_moe"),
-    VersionFact("EPMoE", "<0.5.3", f"{MOE}.ep_moe.layer:EPMoE"),
-    VersionFact("DeepEPMoE", ">=0.4.7", f"{MOE}.ep_moe.layer:DeepEPMoE"),
-    VersionFact("get_moe_impl_class(quant_config)", ">=0.5.1", f"{MOE}.ep_moe.layer:get_moe_impl_class", "param", "quant_config"),
-    VersionFact("ExpertDistributionRecorder in managers/", "<0.4.9", "sglang.srt.managers.expert_distribution:ExpertDistributionRecorder"),
-    VersionFact("ExpertDistributionRecorder in eplb/", ">=0.4.9", "sglang.srt.eplb.expert_distribution:ExpertDistributionRecorder"),
-    VersionFact("sigmoid scoring only with a correction bias (biased_grouped_topk)", "<0.5.6", kind="behaviour"),
-    # `if not (_is_npu or _is_hip): from sgl_kernel import silu_and_mul` at module level: without
-    # sgl-kernel (a CUDA build) the EP layer module does not import at all, e.g. on CPU.
-    VersionFact(EP_LAYER_NEEDS_SGL_KERNEL, ">=0.4.9,<0.5.4", f"{MOE}.ep_moe.layer", kind="behaviour"),
+_QUANT_KWARGS = ("use_fp8_w8a8", "use_int8_w8a8", "use_int8_w8a16", "use_int4_w4a16", "per_channel_quant",
+                 "w1_scale", "w2_scale", "w1_zp", "w2_zp", "a1_scale", "a2_scale", "block_shape")
+_FLAT_TOPK = ("top_k", "use_grouped_topk", "renormalize", "topk_group", "num_expert_group", "correction_bias",
+              "custom_routing_function", "torch_native")
+
+
+def _params(symbol: str, where: str, versions: str, *names: str, place: str = "") -> tuple[Fact, ...]:
+    suffix = f"@{place}" if place else ""
+    return tuple(Fact(f"{symbol}.{n}{suffix}", versions, where, "param", n) for n in names)
+
+
+FACTS: tuple[Fact, ...] = (
+    # routing ----------------------------------------------------------------------------------
+    Fact("select_experts", ">=0.4.7", f"{TOPK}:select_experts"),
+    Fact("select_experts.top_k", "<0.5", f"{TOPK}:select_experts", "param", "top_k",
+         what="select_experts(top_k, use_grouped_topk, ..., correction_bias, torch_native) -> (weights, ids)"),
+    *_params("select_experts", f"{TOPK}:select_experts", "<0.5", "hidden_states", "router_logits", *_FLAT_TOPK[1:]),
+    *_params("select_experts", f"{TOPK}:select_experts", "<0.5", "routed_scaling_factor"),
+    Fact("select_experts.topk_config", ">=0.5", f"{TOPK}:select_experts", "param", "topk_config",
+         what="select_experts(topk_config) with TopKConfig"),
+    Fact("TopKConfig", ">=0.5", f"{TOPK}:TopKConfig"),
+    *_params("TopKConfig", f"{TOPK}:TopKConfig", ">=0.5", *_FLAT_TOPK, "routed_scaling_factor"),
+    Fact("TopKConfig.scoring_func", ">=0.5.6", f"{TOPK}:TopKConfig", "param", "scoring_func",
+         what="TopKConfig.scoring_func (sigmoid without a bias)"),
+    Fact(SIGMOID_NEEDS_BIAS, "<0.5.6", kind="behaviour"),
+    Fact("StandardTopKOutput", ">=0.4.9", f"{TOPK}:StandardTopKOutput"),
+    Fact("routing_hook", ">=0.4.7", f"{TOPK}:select_experts", what="where SGLang's TopK layer looks up its routing"),
+    # fused_experts ------------------------------------------------------------------------------
+    Fact("fused_experts@new", ">=0.5.11", f"{NEW_FM}:fused_experts", what="fused_experts in moe_runner/triton_utils/fused_moe.py"),
+    Fact("fused_experts@old", "<0.5.11", f"{OLD_FM}:fused_experts", what="fused_experts in fused_moe_triton/fused_moe.py"),
+    Fact("fused_experts.topk_ids@old", "<0.4.9", f"{OLD_FM}:fused_experts", "param", "topk_ids",
+         what="fused_experts(topk_weights, topk_ids, ...) with use_* flags"),
+    Fact("fused_experts.topk_output@old", ">=0.4.9,<0.5.11", f"{OLD_FM}:fused_experts", "param", "topk_output",
+         what="fused_experts(topk_output, ...)"),
+    Fact("fused_experts.topk_output@new", ">=0.5.11", f"{NEW_FM}:fused_experts", "param", "topk_output"),
+    Fact("fused_experts.moe_runner_config@old", ">=0.5,<0.5.11", f"{OLD_FM}:fused_experts", "param", "moe_runner_config",
+         what="fused_experts(topk_output, moe_runner_config, ...)"),
+    Fact("fused_experts.moe_runner_config@new", ">=0.5.11", f"{NEW_FM}:fused_experts", "param", "moe_runner_config"),
+    *_params("fused_experts", f"{OLD_FM}:fused_experts", "<0.5", "inplace", "activation", "apply_router_weight_on_input",
+             place="old"),
+    *_params("fused_experts", f"{OLD_FM}:fused_experts", "<0.5.11", *_QUANT_KWARGS, place="old"),
+    *_params("fused_experts", f"{NEW_FM}:fused_experts", ">=0.5.11", *_QUANT_KWARGS, place="new"),
+    Fact("fused_experts.a1_q@new", ">=0.5.17", f"{NEW_FM}:fused_experts", "param", "a1_q", what="fused_experts(..., a1_q)"),
+    Fact("MoeRunnerConfig", ">=0.5", RUNNER),
+    *_params("MoeRunnerConfig", RUNNER, ">=0.5", "activation", "apply_router_weight_on_input", "inplace", "gemm1_alpha",
+             "gemm1_clamp_limit"),
     # `with use_symmetric_memory(get_tp_group(), ...)` around the output allocation of the
     # out-of-place path: get_tp_group() asserts outside a server (no tensor-parallel group), so
     # every out-of-place call fails there (found on an H100 with 0.5.16/0.5.17). The in-place
     # path writes into its input and never asks. 0.5.21 reads an optional group instead.
-    VersionFact(OUTPLACE_NEEDS_TP_GROUP, ">=0.5.16,<0.5.21", f"{MOE}.moe_runner.triton_utils.fused_moe", kind="behaviour"),
+    Fact(OUTPLACE_NEEDS_TP_GROUP, ">=0.5.16,<0.5.21", f"{MOE}.moe_runner.triton_utils.fused_moe", kind="behaviour"),
+    # alignment, config helpers -------------------------------------------------------------------
+    Fact("moe_align_block_size@new", ">=0.5.11", f"{MOE}.moe_runner.triton_utils.moe_align_block_size:moe_align_block_size",
+         what="moe_align_block_size in moe_runner/triton_utils"),
+    Fact("moe_align_block_size@module", ">=0.5.2,<0.5.11", f"{MOE}.fused_moe_triton.moe_align_block_size:moe_align_block_size"),
+    Fact("moe_align_block_size@fused_moe", "<0.5.11", f"{OLD_FM}:moe_align_block_size",
+         what="moe_align_block_size importable from fused_moe_triton/fused_moe.py"),
+    Fact("config_dtype_str@new", ">=0.5.11", f"{NEW_CFG}:get_config_dtype_str"),
+    Fact("config_dtype_str@config", ">=0.5.2,<0.5.11", f"{OLD_CFG}:get_config_dtype_str"),
+    Fact("config_dtype_str@fused_moe", "<0.5.11", f"{OLD_FM}:get_config_dtype_str",
+         what="get_config_dtype_str importable from fused_moe_triton/fused_moe.py"),
+    *_params("config_dtype_str", f"{NEW_CFG}:get_config_dtype_str", ">=0.5.11", "use_fp8_w8a8", "use_int8_w8a16",
+             "use_int4_w4a16", place="new"),
+    *_params("config_dtype_str", f"{OLD_CFG}:get_config_dtype_str", ">=0.5.2,<0.5.11", "use_fp8_w8a8", "use_int8_w8a16",
+             "use_int4_w4a16", place="config"),
+    *_params("config_dtype_str", f"{OLD_FM}:get_config_dtype_str", "<0.5.11", "use_fp8_w8a8", "use_int8_w8a16",
+             "use_int4_w4a16", place="fused_moe"),
+    Fact("get_config_file_name@new", ">=0.5.11", f"{NEW_CFG}:get_config_file_name"),
+    Fact("get_config_file_name@config", ">=0.5.2,<0.5.11", f"{OLD_CFG}:get_config_file_name"),
+    Fact("get_config_file_name@fused_moe", "<0.5.2", f"{OLD_FM}:get_config_file_name"),
+    *_params("get_config_file_name", f"{NEW_CFG}:get_config_file_name", ">=0.5.11", "per_channel_quant", "down_moe", place="new"),
+    *_params("get_config_file_name", f"{OLD_CFG}:get_config_file_name", ">=0.5.3,<0.5.11", "per_channel_quant", place="config"),
+    *_params("get_config_file_name", f"{OLD_CFG}:get_config_file_name", ">=0.5.4.post2,<0.5.11", "down_moe", place="config"),
+    Fact("get_moe_configs@new", ">=0.5.11", f"{NEW_CFG}:get_moe_configs"),
+    Fact("get_moe_configs@config", ">=0.5.2,<0.5.11", f"{OLD_CFG}:get_moe_configs"),
+    Fact("get_moe_configs@fused_moe", "<0.5.2", f"{OLD_FM}:get_moe_configs"),
+    *_params("get_moe_configs", f"{NEW_CFG}:get_moe_configs", ">=0.5.11", "per_channel_quant", place="new"),
+    *_params("get_moe_configs", f"{OLD_CFG}:get_moe_configs", ">=0.5.3,<0.5.11", "per_channel_quant", place="config"),
+    Fact("override_config@triton_utils", ">=0.5.11", f"{MOE}.moe_runner.triton_utils:override_config"),
+    Fact("override_config@fused_moe_triton", "<0.5.11", f"{MOE}.fused_moe_triton:override_config"),
+    Fact("override_state@triton_utils", ">=0.5.11", f"{MOE}.moe_runner.triton_utils:_config"),
+    Fact("override_state@fused_moe_triton", "<0.5.11", f"{MOE}.fused_moe_triton:_config"),
+    Fact("moe_config_dir_env", ">=0.4.7", kind="behaviour",
+         what="SGLANG_MOE_CONFIG_DIR: configs are read from <dir>/configs/triton_<x_y_z>/"),
+    # expert parallelism -----------------------------------------------------------------------
+    Fact("EPMoE", "<0.5.3", f"{EP}:EPMoE"),
+    Fact("DeepEPMoE", ">=0.4.7", f"{EP}:DeepEPMoE"),
+    Fact("get_moe_impl_class", ">=0.4.7", f"{EP}:get_moe_impl_class"),
+    Fact("get_moe_impl_class.quant_config", ">=0.5.1", f"{EP}:get_moe_impl_class", "param", "quant_config",
+         what="get_moe_impl_class(quant_config)"),
+    # `if not (_is_npu or _is_hip): from sgl_kernel import silu_and_mul` at module level: without
+    # a loadable sgl-kernel (a CUDA build) the EP layer module does not import at all, e.g. on CPU.
+    Fact(EP_LAYER_NEEDS_SGL_KERNEL, ">=0.4.8,<0.5.4.post1", EP, kind="behaviour"),
+    Fact("ExpertDistributionRecorder@managers", "<0.4.9", "sglang.srt.managers.expert_distribution:ExpertDistributionRecorder"),
+    Fact("ExpertDistributionRecorder@eplb", ">=0.4.9", "sglang.srt.eplb.expert_distribution:ExpertDistributionRecorder"),
+    # process-wide server arguments the kernels read -------------------------------------------
+    Fact("ServerArgs", ">=0.4.7", f"{SERVER_ARGS}:ServerArgs"),
+    Fact("get_global_server_args", ">=0.5.4,<0.5.23", f"{SERVER_ARGS}:get_global_server_args"),
+    Fact("set_global_server_args_for_scheduler", ">=0.5.4,<0.5.23", f"{SERVER_ARGS}:set_global_server_args_for_scheduler"),
 )
 
-ENGINE = Engine(
-    name="sglang",
-    distributions=("sglang",),
-    root_modules=(TOPK,),
-    tested=">=0.4.7,<0.5.24",
-    facts=FACTS,
-)
-
-_FE_LOCATIONS = (Location(NEW_FM, "fused_experts", ">=0.5.11"), Location(OLD_FM, "fused_experts", "<0.5.11"))
-_FLAG_FOR_SCHEME = TRITON_SCHEME_FLAGS
+ENGINE = Engine(next(s for s in ENGINE_SPECS if s["name"] == "sglang"), FACTS,
+                lacks={"make_expert_map": "SGLang builds expert maps inside its EP layers, with no public function; "
+                       "moecompat's reference placement (backend='reference') is what its linear EP uses",
+                       "default_config": "moecompat reads SGLang's tuned configs, not its fallback defaults"})
 
 
-def _flags(qc: QuantConfig) -> dict[str, Any]:
+def _flags(qc: QuantConfig, p: dict[str, str]) -> dict[str, Any]:
     """use_* flags and scales of SGLang's Triton fused_experts (the same layouts as vLLM's)."""
     s = qc.scheme
     if s is None:
@@ -102,208 +166,189 @@ def _flags(qc: QuantConfig) -> dict[str, Any]:
     if s in (QuantScheme.FP8_W8A8, QuantScheme.INT8_W8A8) and qc.block_shape is None and qc.per_act_token_quant != qc.per_out_ch_quant:
         raise ENGINE.unsupported(f"{s.value} with per_act_token_quant != per_out_ch_quant",
                                  detail="the Triton kernel quantizes activations per token exactly when weights are per channel")
-    kw: dict[str, Any] = {_FLAG_FOR_SCHEME[s]: True, "w1_scale": qc.w1_scale, "w2_scale": qc.w2_scale}
+    kw: dict[str, Any] = {p[f"use_{s.value}"]: True, p["w1_scale"]: qc.w1_scale, p["w2_scale"]: qc.w2_scale}
     if qc.a1_scale is not None:
-        kw["a1_scale"], kw["a2_scale"] = qc.a1_scale, qc.a2_scale
+        kw[p["a1_scale"]], kw[p["a2_scale"]] = qc.a1_scale, qc.a2_scale
     if qc.w1_zp is not None:
-        kw["w1_zp"], kw["w2_zp"] = qc.w1_zp, qc.w2_zp
+        kw[p["w1_zp"]], kw[p["w2_zp"]] = qc.w1_zp, qc.w2_zp
     if s is QuantScheme.INT4_W4A16:
-        kw["block_shape"] = [0, int(qc.group_size or 0)]
+        kw[p["block_shape"]] = [0, int(qc.group_size or 0)]
     elif qc.block_shape is not None:
-        kw["block_shape"] = list(qc.block_shape)
+        kw[p["block_shape"]] = list(qc.block_shape)
     if qc.per_act_token_quant or qc.per_out_ch_quant:
-        kw["per_channel_quant"] = True
+        kw[p["per_channel_quant"]] = True
     return kw
 
 
-def _cached_flags(qc: QuantConfig) -> dict[str, Any]:
+def _cached_flags(qc: QuantConfig, p: dict[str, str]) -> dict[str, Any]:
     hit = qc._engine_cache.get("sglang")
     if hit is None:
-        hit = qc._engine_cache["sglang"] = _flags(qc)
+        hit = qc._engine_cache["sglang"] = _flags(qc, p)
     return hit
-
 
 
 def _ensure_server_args() -> None:
     """SGLang's kernels read process-wide ``ServerArgs``; outside a server none are set and the
     kernels raise. Install the defaults (without ``__post_init__``, which would resolve a model
     path) only when nothing is set, so a running server's own arguments are never replaced.
-    Best effort: releases whose server-args module works differently (0.5.23 retired the global
-    accessor) are left alone, and their kernels report what they miss themselves."""
-    try:
-        from sglang.srt import server_args as sa_mod
-
-        getter = sa_mod.get_global_server_args
-        setter = sa_mod.set_global_server_args_for_scheduler
-        try:
-            if getter() is not None:
-                return
-        except ValueError:  # "Global server args is not set yet!"
-            pass
-        cls = sa_mod.ServerArgs
-        args = object.__new__(cls)
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                setattr(args, f.name, f.default)
-            elif f.default_factory is not dataclasses.MISSING:
-                setattr(args, f.name, f.default_factory())
-            else:
-                setattr(args, f.name, None)
-        setter(args)
-    except Exception:  # best effort, see above
+    Releases without the global accessor (before 0.5.4, and 0.5.23, which retired it) are left
+    alone, and their kernels report what they miss themselves."""
+    if not (ENGINE.holds("get_global_server_args") and ENGINE.holds("set_global_server_args_for_scheduler")):
         return
-
-
-def _fields(cls: Any) -> frozenset[str]:
-    if dataclasses.is_dataclass(cls):
-        return frozenset(f.name for f in dataclasses.fields(cls))
-    return frozenset(inspect.signature(cls).parameters)
+    try:
+        _, getter = ENGINE.find("get_global_server_args")
+        _, setter = ENGINE.find("set_global_server_args_for_scheduler")
+        _, cls = ENGINE.find("ServerArgs")
+    except LookupError:
+        return
+    try:
+        if getter() is not None:
+            return
+    except ValueError:  # "Global server args is not set yet!"
+        pass
+    args = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            setattr(args, f.name, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            setattr(args, f.name, f.default_factory())
+        else:
+            setattr(args, f.name, None)
+    setter(args)
 
 
 @ENGINE.adapter("make_quant_config")
 def _build_quant(engine: Engine) -> Resolution:
-    loc, fn = engine.find(_FE_LOCATIONS)
-    return engine.ok("make_quant_config", _cached_flags, f"{loc}", "legacy-flags")
+    fact, fn = engine.find("fused_experts")
+    p = engine.params(fact, fn)
+    return engine.ok("make_quant_config", lambda qc: _cached_flags(qc, p), f"{fact.where}", "legacy-flags")
 
 
 _FE_VARIANTS = (
-    Variant.of("topk_output+runner_config", 5, "use_fp8_w8a8", "w1_scale", "block_shape"),
-    Variant.of("topk_output", 4, "inplace", "activation", "apply_router_weight_on_input", "use_fp8_w8a8", "w1_scale", "block_shape"),
-    Variant.of("topk_tensors", 5, "inplace", "activation", "apply_router_weight_on_input", "use_fp8_w8a8", "w1_scale", "block_shape"),
+    ("topk_output+runner_config", 5, ("fused_experts.moe_runner_config@new",)),
+    ("topk_output+runner_config", 5, ("fused_experts.moe_runner_config@old",)),
+    ("topk_output", 4, ("fused_experts.topk_output@old", "fused_experts.inplace@old", "fused_experts.activation@old")),
+    ("topk_tensors", 5, ("fused_experts.topk_ids@old", "fused_experts.inplace@old", "fused_experts.activation@old")),
 )
 
 
 @ENGINE.adapter("fused_experts")
 def _build_fused_experts(engine: Engine) -> Resolution:
-    loc, fn = engine.find(_FE_LOCATIONS)
+    fact, fn = engine.find("fused_experts")
     _ensure_server_args()
-    params = inspect.signature(fn).parameters
-    if "moe_runner_config" in params:
-        variant = _FE_VARIANTS[0]
-        from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
-        from sglang.srt.layers.moe.topk import StandardTopKOutput
-
-        runner_fields = _fields(MoeRunnerConfig)
-    elif "topk_output" in params:
-        variant = _FE_VARIANTS[1]
-        from sglang.srt.layers.moe.topk import StandardTopKOutput
-        MoeRunnerConfig, runner_fields = None, frozenset()
-    else:
-        variant = engine.pick(fn, _FE_VARIANTS[2:], "fused_experts")
-        StandardTopKOutput = MoeRunnerConfig = None
-        runner_fields = frozenset()
-    has_swiglu = "gemm1_alpha" in runner_fields
-    version = engine.version()
-    always_inplace = version is not None and engine.fact(OUTPLACE_NEEDS_TP_GROUP).holds_for(version)
+    p = engine.params(fact, fn)
+    place = fact.key.split("@", 1)[1]
+    variant = engine.pick(fn, [v for v in _FE_VARIANTS if all(k.endswith("@" + place) for k in v[2])], "fused_experts")
+    runner_cls = rp = topk_output_cls = None
+    if variant.name.startswith("topk_output"):
+        _, topk_output_cls = engine.find("StandardTopKOutput")
+    if variant.name == "topk_output+runner_config":
+        rfact, runner_cls = engine.find("MoeRunnerConfig")
+        rp = engine.params(rfact, runner_cls)
+    always_inplace = engine.holds(OUTPLACE_NEEDS_TP_GROUP)
     runner_cache: dict[tuple[Any, ...], Any] = {}
 
-    def runner_config(activation: Activation, on_input: bool, inplace: bool = False) -> Any:
+    def runner_config(activation: Activation, on_input: bool, inplace: bool) -> Any:
         key = (activation, on_input, inplace)
         cfg = runner_cache.get(key)
         if cfg is None:
-            kw: dict[str, Any] = {"activation": "gelu" if activation is Activation.GELU else "silu",
-                                  "apply_router_weight_on_input": on_input, "inplace": inplace}
+            assert rp is not None and runner_cls is not None
+            kw: dict[str, Any] = {rp["activation"]: "gelu" if activation is Activation.GELU else "silu",
+                                  rp["apply_router_weight_on_input"]: on_input, rp["inplace"]: inplace}
             if activation is Activation.SWIGLUOAI:
-                kw.update(gemm1_alpha=SWIGLUOAI_ALPHA, gemm1_clamp_limit=SWIGLUOAI_LIMIT)
-            cfg = runner_cache[key] = MoeRunnerConfig(**kw)
+                kw[rp["gemm1_alpha"]], kw[rp["gemm1_clamp_limit"]] = SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT
+            cfg = runner_cache[key] = runner_cls(**kw)
         return cfg
 
-    def build_call(hidden_states, w1, w2, topk_weights, topk_ids, activation, qc, expert_map, global_num_experts,
-                   apply_router_weight_on_input, inplace) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
-        if activation is Activation.SWIGLUOAI and not has_swiglu:
-            raise engine.unsupported("activation 'swigluoai'", ">=0.5")
-        kw = dict(_cached_flags(qc))
-        if expert_map is not None:
-            topk_weights, topk_ids = mask_expert_map(topk_weights, topk_ids, expert_map)
-        if MoeRunnerConfig is not None:
-            topk_output = StandardTopKOutput(topk_weights, topk_ids, None)
-            if always_inplace:  # see OUTPLACE_NEEDS_TP_GROUP: the in-place op on the caller's tensor or a copy
-                target = hidden_states if inplace else hidden_states.clone()
-                return (target, w1, w2, topk_output, runner_config(activation, apply_router_weight_on_input, True)), kw, False
-            return (hidden_states, w1, w2, topk_output, runner_config(activation, apply_router_weight_on_input)), kw, inplace
-        kw.update(inplace=inplace, activation=activation.value, apply_router_weight_on_input=apply_router_weight_on_input)
-        if StandardTopKOutput is not None:
-            return (hidden_states, w1, w2, StandardTopKOutput(topk_weights, topk_ids, None)), kw, False
-        return (hidden_states, w1, w2, topk_weights, topk_ids), kw, False
+    def bind(call: ExpertsCall) -> KernelRunner:
+        act, on_input = call.activation, call.apply_router_weight_on_input
+        if act is Activation.SWIGLUOAI and (rp is None or rp.get("gemm1_alpha") is None):
+            raise engine.unsupported("activation 'swigluoai'", engine.available_in("MoeRunnerConfig.gemm1_alpha"))
+        qc = call.quant_config
+        if not isinstance(qc, QuantConfig):
+            raise engine.unsupported("mixed per-projection precision (MixedQuantConfig)",
+                                     detail="SGLang's fused kernel runs both GEMMs in one scheme; use backend='reference'")
+        kw = _cached_flags(qc, p)
+        topk: Callable[[torch.Tensor, torch.Tensor], tuple[Any, ...]] | None = None
+        if topk_output_cls is not None:
+            cls = topk_output_cls
 
-    def impl(hidden_states, w1, w2, topk_weights, topk_ids, activation, qc, expert_map, global_num_experts,
-             apply_router_weight_on_input, inplace):
-        args, kw, copy_back = build_call(hidden_states, w1, w2, topk_weights, topk_ids, activation, qc, expert_map,
-                                         global_num_experts, apply_router_weight_on_input, inplace)
-        out = fn(*args, **kw)
-        if copy_back:
-            hidden_states.copy_(out)
-            return hidden_states
-        return out
+            def topk(w: torch.Tensor, ids: torch.Tensor) -> tuple[Any, ...]:
+                return (cls(w, ids, None),)
+        if runner_cls is not None:
+            if always_inplace:  # see OUTPLACE_NEEDS_TP_GROUP: the in-place op, on a copy when out-of-place
+                cfg = runner_config(act, on_input, True)
+                return KernelRunner(KernelCall(fn, (kw, kw), topk, ((cfg,), (cfg,)), mask_map=True, inplace="clone"), call.expert_map)
+            tail = ((runner_config(act, on_input, False),), (runner_config(act, on_input, True),))
+            return KernelRunner(KernelCall(fn, (kw, kw), topk, tail, mask_map=True), call.expert_map)
+        base = {**kw, p["activation"]: act.value, p["apply_router_weight_on_input"]: on_input}
+        kwargs = ({**base, p["inplace"]: False}, {**base, p["inplace"]: True})
+        return KernelRunner(KernelCall(fn, kwargs, topk, mask_map=True), call.expert_map)
 
-    impl.build_call = build_call  # type: ignore[attr-defined]
-    impl.target = fn  # type: ignore[attr-defined]
-    return engine.ok("fused_experts", impl, fn, variant.name)
+    return engine.ok("fused_experts", bind, fn, variant.name)
 
 
 @ENGINE.adapter("select_experts")
 def _build_select(engine: Engine) -> Resolution:
-    loc, fn = engine.find([Location(TOPK, "select_experts", ">=0.4.7")])
+    fact, fn = engine.find("select_experts")
     _ensure_server_args()
-    params = inspect.signature(fn).parameters
-    if "topk_config" in params:
-        from sglang.srt.layers.moe.topk import TopKConfig
-
-        cfg_fields = _fields(TopKConfig)
+    sp = engine.params(fact, fn)
+    if sp.get("topk_config") is not None:
+        cfact, cfg_cls = engine.find("TopKConfig")
+        p = engine.params(cfact, cfg_cls)
         variant = "topk_config"
     else:
-        TopKConfig, cfg_fields = None, frozenset(params)
-        variant = "flat-args"
-    has_scoring = "scoring_func" in cfg_fields
+        cfg_cls, p, variant = None, sp, "flat-args"
+    scoring_key = p.get("scoring_func")
 
-    def options(top_k, renormalize, scoring, use_grouped, num_expert_group, topk_group, bias, custom, native) -> dict[str, Any]:
-        if scoring is ScoringFunc.SIGMOID and not has_scoring and bias is None:
-            raise engine.unsupported("sigmoid scoring without e_score_correction_bias", ">=0.5.6")
-        if scoring is ScoringFunc.SOFTMAX and bias is not None and not has_scoring:
-            raise engine.unsupported("softmax scoring with e_score_correction_bias", ">=0.5.6",
+    def bind(call: RoutingCall) -> Callable[[torch.Tensor, torch.Tensor], TopK]:
+        scoring, bias = call.scoring_func, call.e_score_correction_bias
+        use_grouped, num_expert_group, topk_group = call.use_grouped_topk, call.num_expert_group, call.topk_group
+        if scoring is ScoringFunc.SIGMOID and scoring_key is None and bias is None:
+            raise engine.unsupported("sigmoid scoring without e_score_correction_bias", engine.available_in("TopKConfig.scoring_func"))
+        if scoring is ScoringFunc.SOFTMAX and bias is not None and scoring_key is None:
+            raise engine.unsupported("softmax scoring with e_score_correction_bias", engine.available_in("TopKConfig.scoring_func"),
                                      detail="older SGLang scores biased routing with sigmoid")
         if bias is not None and not use_grouped:
             # SGLang's biased routing is grouped top-k; one group of all experts is the same thing.
             use_grouped, num_expert_group, topk_group = True, 1, 1
-        kw: dict[str, Any] = {"top_k": top_k, "use_grouped_topk": use_grouped, "renormalize": renormalize,
-                              "topk_group": topk_group, "num_expert_group": num_expert_group,
-                              "correction_bias": bias, "custom_routing_function": custom, "torch_native": native}
-        if bias is not None and "routed_scaling_factor" in cfg_fields:
+        values: dict[str, Any] = dict(top_k=call.top_k, use_grouped_topk=use_grouped, renormalize=call.renormalize,
+                                      topk_group=topk_group, num_expert_group=num_expert_group, correction_bias=bias,
+                                      custom_routing_function=call.custom_routing_function)
+        if bias is not None and p.get("routed_scaling_factor") is not None:
             # Biased routing asserts a factor (0.4.x) but applies it only to fused shared experts
             # or on request; moecompat scales the weights itself, so pass the neutral 1.0.
-            kw["routed_scaling_factor"] = 1.0
-        if has_scoring:
-            kw["scoring_func"] = scoring.value
-        return kw
+            values["routed_scaling_factor"] = 1.0
+        if scoring_key is not None:
+            values["scoring_func"] = scoring.value
+        rsf = call.routed_scaling_factor
+        options = {native: {p[k]: v for k, v in {**values, "torch_native": native}.items()} for native in (False, True)}
+        configs = {native: cfg_cls(**kw) for native, kw in options.items()} if cfg_cls is not None else None
 
-    def impl(hidden_states, router_logits, top_k, renormalize, scoring, use_grouped, num_expert_group, topk_group,
-             bias, routed_scaling_factor, custom_routing_function) -> TopK:
-        native = not router_logits.is_cuda
-        kw = options(top_k, renormalize, scoring, use_grouped, num_expert_group, topk_group, bias,
-                     custom_routing_function, native)
-        if TopKConfig is not None:
-            out = fn(hidden_states, router_logits, TopKConfig(**kw))
-            w, ids = out.topk_weights, out.topk_ids
-        else:
-            out = fn(hidden_states=hidden_states, router_logits=router_logits, **kw)
-            w, ids = out[0], out[1]
-        w = w.to(torch.float32)
-        if routed_scaling_factor is not None and routed_scaling_factor != 1.0:
-            w = w * routed_scaling_factor
-        return TopK(w, ids.to(torch.int32))
+        def run(hidden_states: torch.Tensor, router_logits: torch.Tensor) -> TopK:
+            native = not router_logits.is_cuda
+            if configs is not None:
+                out = fn(hidden_states, router_logits, configs[native])
+                w, ids = out.topk_weights, out.topk_ids
+            else:
+                out = fn(**{sp["hidden_states"]: hidden_states, sp["router_logits"]: router_logits}, **options[native])
+                w, ids = out[0], out[1]
+            w = w.to(torch.float32)
+            if rsf is not None and rsf != 1.0:
+                w = w * rsf
+            return TopK(w, ids.to(torch.int32))
 
-    return engine.ok("select_experts", impl, fn, variant)
+        return run
+
+    return engine.ok("select_experts", bind, fn, variant)
 
 
 @ENGINE.adapter("moe_align_block_size")
 def _build_align(engine: Engine) -> Resolution:
-    _, fn = engine.find([
-        Location(f"{MOE}.moe_runner.triton_utils.moe_align_block_size", "moe_align_block_size", ">=0.5.11"),
-        Location(f"{MOE}.fused_moe_triton.moe_align_block_size", "moe_align_block_size", ">=0.5.2,<0.5.11"),
-        Location(OLD_FM, "moe_align_block_size", "<0.5.2"),
-    ])
+    _, fn = engine.find("moe_align_block_size")
 
-    def impl(topk_ids, block_size, num_experts, expert_map, pad_sorted_ids):
+    def impl(topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: torch.Tensor | None,
+             pad_sorted_ids: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if expert_map is not None or pad_sorted_ids:
             raise engine.unsupported("moe_align_block_size with expert_map / pad_sorted_ids",
                                      detail="SGLang's version takes neither; use backend='vllm' or 'reference'")
@@ -315,62 +360,47 @@ def _build_align(engine: Engine) -> Resolution:
 
 @ENGINE.adapter("get_config_dtype_str")
 def _build_dtype_str(engine: Engine) -> Resolution:
-    _, fn = engine.find([Location(NEW_CFG, "get_config_dtype_str", ">=0.5.11"),
-                         Location(OLD_CFG, "get_config_dtype_str", ">=0.5.2,<0.5.11"),
-                         Location(OLD_FM, "get_config_dtype_str", "<0.5.2")])
+    fact, fn = engine.find("config_dtype_str")
+    p = engine.params(fact, fn)
 
-    def impl(dtype, use_fp8_w8a8, use_int8_w8a16, use_int4_w4a16, ocp_mx_scheme):
+    def impl(dtype: torch.dtype, use_fp8_w8a8: bool, use_int8_w8a16: bool, use_int4_w4a16: bool,
+             ocp_mx_scheme: str | None) -> str | None:
         if ocp_mx_scheme is not None:
             raise engine.unsupported("OCP MX schemes in tuned-config names")
-        return fn(dtype, use_int8_w8a16=use_int8_w8a16, use_int4_w4a16=use_int4_w4a16, use_fp8_w8a8=use_fp8_w8a8)
+        return fn(dtype, **{p["use_int8_w8a16"]: use_int8_w8a16, p["use_int4_w4a16"]: use_int4_w4a16,
+                            p["use_fp8_w8a8"]: use_fp8_w8a8})
 
     return engine.ok("get_config_dtype_str", impl, fn, "flags")
-
-
-@ENGINE.adapter("make_expert_map")
-def _build_expert_map(engine: Engine) -> Resolution:
-    raise engine.unsupported(
-        "make_expert_map",
-        detail="SGLang builds expert maps inside its EP layers, with no public function; "
-        "moecompat's reference placement (backend='reference') is what its linear EP uses",
-    )
 
 
 # --------------------------------------------------------------------------------------------
 # Tuned Triton configs (used by `moecompat tune`)
 
-_CFG_LOCATIONS = (Location(NEW_CFG, "get_config_file_name", ">=0.5.11"), Location(OLD_CFG, "get_config_file_name", ">=0.5.2,<0.5.11"),
-                  Location(OLD_FM, "get_config_file_name", "<0.5.2"))
-
 
 @ENGINE.adapter("get_config_file_name")
 def _build_config_file_name(engine: Engine) -> Resolution:
-    _, fn = engine.find(_CFG_LOCATIONS)
-    params = inspect.signature(fn).parameters
+    fact, fn = engine.find("get_config_file_name")
+    p = engine.params(fact, fn)
 
-    def impl(E, N, dtype_str, block_shape, per_channel_quant=False, down_moe=False):
+    def impl(E: int, N: int, dtype_str: str | None, block_shape: list[int] | None, per_channel_quant: bool = False,
+             down_moe: bool = False) -> str:
         kw: dict[str, Any] = {}
-        if per_channel_quant:
-            if "per_channel_quant" not in params:
-                raise engine.unsupported("per-channel config names", ">=0.5.3")
-            kw["per_channel_quant"] = True
-        if down_moe:
-            if "down_moe" not in params:
-                raise engine.unsupported("down_moe config names", ">=0.5.4")
-            kw["down_moe"] = True
+        for alias, on, feature in (("per_channel_quant", per_channel_quant, "per-channel config names"),
+                                   ("down_moe", down_moe, "down_moe config names")):
+            if on:
+                if p.get(alias) is None:
+                    raise engine.unsupported(feature, engine.available_in(f"get_config_file_name.{alias}"))
+                kw[p[alias]] = True
         return fn(E, N, dtype_str, list(block_shape) if block_shape else None, **kw)
 
-    return engine.ok("get_config_file_name", impl, fn, "per_channel+down" if "down_moe" in params else "basic")
+    return engine.ok("get_config_file_name", impl, fn, "per_channel+down" if p.get("down_moe") else "basic")
 
 
 @ENGINE.adapter("tuned_config_location")
 def _build_config_location(engine: Engine) -> Resolution:
-    import os
-
-    loc, fn = engine.find(_CFG_LOCATIONS)
-    import importlib
-
-    module_dir = os.path.dirname(os.path.realpath(importlib.import_module(loc.module).__file__ or ""))
+    fact, fn = engine.find("get_config_file_name")
+    module_dir = os.path.dirname(os.path.realpath(importlib.import_module(fact.location.module).__file__ or ""))
+    env_name = "SGLANG_MOE_CONFIG_DIR"  # fact moe_config_dir_env
 
     def impl(folder: str | None) -> tuple[str, dict[str, str]]:
         # SGLang looks in <dir>/configs/triton_<x_y_z>/ (dir: SGLANG_MOE_CONFIG_DIR or its package).
@@ -378,7 +408,7 @@ def _build_config_location(engine: Engine) -> Resolution:
 
         version_dir = f"triton_{triton.__version__.replace('.', '_')}"
         root = folder or module_dir
-        env = {"SGLANG_MOE_CONFIG_DIR": folder} if folder else {}
+        env = {env_name: folder} if folder else {}
         return os.path.join(root, "configs", version_dir), env
 
     return engine.ok("tuned_config_location", impl, fn, "configs/triton_<version>")
@@ -386,15 +416,13 @@ def _build_config_location(engine: Engine) -> Resolution:
 
 @ENGINE.adapter("get_moe_configs")
 def _build_get_moe_configs(engine: Engine) -> Resolution:
-    _, fn = engine.find([Location(NEW_CFG, "get_moe_configs", ">=0.5.11"), Location(OLD_CFG, "get_moe_configs", ">=0.5.2,<0.5.11"),
-                         Location(OLD_FM, "get_moe_configs", "<0.5.2")])
-    params = inspect.signature(fn).parameters
-
+    fact, fn = engine.find("get_moe_configs")
+    pc = engine.params(fact, fn).get("per_channel_quant")
     _ensure_server_args()  # get_moe_configs reads the deterministic-inference server arg
 
-    def impl(E, N, dtype_str, block_shape, per_channel_quant=False):
+    def impl(E: int, N: int, dtype_str: str | None, block_shape: list[int] | None, per_channel_quant: bool = False) -> Any:
         getattr(fn, "cache_clear", lambda: None)()
-        kw = {"per_channel_quant": per_channel_quant} if "per_channel_quant" in params else {}
+        kw = {pc: per_channel_quant} if pc is not None else {}
         bn, bk = (block_shape or [0, 0])
         return fn(E, N, dtype_str, bn, bk, **kw)
 
@@ -403,49 +431,55 @@ def _build_get_moe_configs(engine: Engine) -> Resolution:
 
 @ENGINE.adapter("override_config")
 def _build_override(engine: Engine) -> Resolution:
-    loc, fn = engine.find([Location(f"{MOE}.fused_moe_triton", "override_config"),
-                           Location(f"{MOE}.moe_runner.triton_utils", "override_config")])
-    import contextlib
-    import importlib
+    fact, fn = engine.find("override_config")
+    place = fact.key.split("@", 1)[1]
+    state = engine.fact(f"override_state@{place}").location
+    return engine.ok("override_config", restoring_override(fn, importlib.import_module(state.module), state.qualname),
+                     fn, "module state")
 
-    state_mod = importlib.import_module(fn.__module__)
 
-    @contextlib.contextmanager
-    def impl(config: dict[str, int]):
-        previous = getattr(state_mod, "_config", None)
-        try:
-            with fn(config):
-                yield
-        finally:
-            state_mod._config = previous  # type: ignore[attr-defined]
+@ENGINE.adapter("routing_hooks")
+def _build_routing_hooks(engine: Engine) -> Resolution:
+    fact, _ = engine.find("routing_hook")
 
-    return engine.ok("override_config", impl, fn, "module _config")
+    def impl() -> list[tuple[Any, str]]:
+        return [(importlib.import_module(fact.location.module), fact.location.qualname)]
+
+    return engine.ok("routing_hooks", impl, fact.where, "hooks")
 
 
 @ENGINE.adapter("ep_moe_layer_class")
 def _build_ep_layer(engine: Engine) -> Resolution:
     """The seed's ``EPMoE`` (SGLang 0.4.x) is gone from 0.5.3; its successors are chosen by
     ``get_moe_impl_class(quant_config)`` (0.5.1+)."""
-    version = engine.version()
-    if version is not None and engine.fact(EP_LAYER_NEEDS_SGL_KERNEL).holds_for(version):
+    if engine.holds(EP_LAYER_NEEDS_SGL_KERNEL):
+        elsewhere = (f"any release outside {engine.range(EP_LAYER_NEEDS_SGL_KERNEL)} on any platform, or this one where "
+                     "sgl-kernel loads (CUDA)")
         try:
-            importlib.import_module(f"{MOE}.ep_moe.layer")
+            importlib.import_module(engine.fact(EP_LAYER_NEEDS_SGL_KERNEL).where)
         except ModuleNotFoundError as exc:
             if exc.name != "sgl_kernel":
                 raise
-            raise engine.unsupported(
-                "ep_moe_layer_class", "SGLang 0.4.7, >=0.5.4 on any platform; this release with sgl-kernel installed (CUDA)",
-                detail=f"this release's {EP_LAYER_NEEDS_SGL_KERNEL} and sgl_kernel is not installed") from None
+            raise engine.unsupported("ep_moe_layer_class", elsewhere,
+                                     detail=f"this release's {EP_LAYER_NEEDS_SGL_KERNEL} and sgl_kernel is not installed") from None
+        except (ImportError, OSError) as exc:
+            # sgl-kernel installed but its common_ops does not load (no NVIDIA driver: libcuda.so.1).
+            raise engine.unsupported("ep_moe_layer_class", elsewhere,
+                                     detail=f"this release's {EP_LAYER_NEEDS_SGL_KERNEL} and sgl_kernel does not load "
+                                            f"here ({type(exc).__name__}: {exc})") from None
     try:
-        _, fn = engine.find([Location(f"{MOE}.ep_moe.layer", "get_moe_impl_class", ">=0.4.7")])
+        fact, fn = engine.find("get_moe_impl_class")
     except LookupError:
         fn = None
     if fn is not None:
-        takes_cfg = bool(inspect.signature(fn).parameters)
+        takes_cfg = engine.params(fact, fn).get("quant_config") is not None
 
         def impl(quant_config: Any = None) -> Any:
             return fn(quant_config) if takes_cfg else fn()
 
         return engine.ok("ep_moe_layer_class", impl, fn, "get_moe_impl_class(quant_config)" if takes_cfg else "get_moe_impl_class()")
-    _, cls = engine.find([Location(f"{MOE}.ep_moe.layer", "EPMoE", "<0.5.3")])
+    _, cls = engine.find("EPMoE")
     return engine.ok("ep_moe_layer_class", lambda quant_config=None: cls, cls, "EPMoE")
+
+
+__all__ = ["ENGINE", "EP_LAYER_NEEDS_SGL_KERNEL", "FACTS", "OUTPLACE_NEEDS_TP_GROUP"]

@@ -1,136 +1,291 @@
-"""vLLM backend: the version facts (one table) and the adapters built from them.
+"""vLLM backend: the version facts (one keyed table) and the adapters built from them.
 
-Paths are under ``vllm.model_executor.layers``. Every fact names the versions it holds for;
-``tests/engines/test_vllm_surface.py`` checks each one against the installed release, and
-``tests/engines/test_vllm_facts_static.py`` against the sources of every release in the matrix.
+Every import location, parameter name and version range the adapters use is a fact in
+:data:`FACTS`; builders ask for them by key (``ENGINE.find("fused_experts")``,
+``ENGINE.params(fact, fn)["expert_map"]``, ``ENGINE.requires(key, feature)``), and a unit test
+walks this module's syntax tree to keep it that way. Each fact names the releases it holds for
+and is checked against the API snapshot of every release (``tests/unit/test_surface_facts.py``)
+and against the installed release by the CPU matrix (``tests/engines/test_facts.py``).
 Adapters never trust a version number to pick a call form: they probe (import, then
-``Signature.bind``) and the facts explain and pin what the probes find.
+``Signature.bind``), and the facts explain and pin what the probes find.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..adapters import Location, Resolution, Variant, VersionFact
+from .._adapters import Fact, Resolution
+from .._calls import ExpertsCall, RoutingCall
 from ..errors import EngineImportError
 from ..quant import QuantConfig
-from ..vocab import Activation, QuantScheme, ScoringFunc, TopK
-from .base import TRITON_SCHEME_FLAGS, Engine, mask_expert_map
+from ..vocab import Activation, Mxfp4Backend, QuantScheme, ScoringFunc, TopK, parse_mxfp4_backend
+from ._specs import ENGINE_SPECS
+from ._triton import KernelCall, KernelRunner, restoring_override
+from .base import Engine
 
 _log = logging.getLogger("moecompat")
 
-# Found on an H100: vLLM 0.24's oracle ignores the variable (gone from vllm.envs); a layer's
-# FusedMoEConfig.moe_backend ("--moe-backend marlin") forces the backend instead.
-MXFP4_MARLIN_ENV = "VLLM_MXFP4_USE_MARLIN forces the Marlin MXFP4 MoE backend"
-
 FM = "vllm.model_executor.layers.fused_moe"
 FMM = f"{FM}.fused_moe"
+CFG = f"{FM}.config"
+ORACLE = f"{FM}.oracle.mxfp4"
+QMX = "vllm.model_executor.layers.quantization.mxfp4"
+VCFG = "vllm.config"
 
-FACTS: tuple[VersionFact, ...] = (
+# Behaviour facts named by tests and other modules.
+MXFP4_MARLIN_ENV = "VLLM_MXFP4_USE_MARLIN forces the Marlin MXFP4 MoE backend"
+EXPERT_MAP_NAN_ROWS = "expert_map with dynamic per-tensor w8a8 scales gives NaN rows"
+DEEPSEEK_BIAS = "grouped_topk with a bias follows DeepSeek-V3 (unbiased weights, top-2 group scores)"
+PLACEHOLDERS = "package-level fused_experts is a placeholder without a Triton driver"
+REMAINDER_TO_LAST_RANK = "determine_expert_map gives the remainder to the last rank"
+
+
+def _params(symbol: str, where: str, versions: str, *names: str, place: str = "") -> tuple[Fact, ...]:
+    """Param facts ``symbol.<name>[@place]`` of the callable at ``where``."""
+    suffix = f"@{place}" if place else ""
+    return tuple(Fact(f"{symbol}.{n}{suffix}", versions, where, "param", n) for n in names)
+
+
+FACTS: tuple[Fact, ...] = (
     # fused_experts ---------------------------------------------------------------------------
-    VersionFact("fused_experts", ">=0.6", f"{FMM}:fused_experts"),
-    VersionFact("fused_experts: int4_w4a16 flags and zero points", ">=0.7,<0.11", f"{FMM}:fused_experts", "param", "use_int4_w4a16"),
-    VersionFact("fused_experts: activation", ">=0.8", f"{FMM}:fused_experts", "param", "activation"),
-    VersionFact("fused_experts: expert_map", ">=0.8", f"{FMM}:fused_experts", "param", "expert_map"),
-    VersionFact("fused_experts: apply_router_weight_on_input", ">=0.8", f"{FMM}:fused_experts", "param", "apply_router_weight_on_input"),
-    VersionFact("fused_experts: int8_w8a8 and per-channel flags", ">=0.8,<0.11", f"{FMM}:fused_experts", "param", "use_int8_w8a8"),
-    VersionFact("fused_experts: quant_config", ">=0.11", f"{FMM}:fused_experts", "param", "quant_config"),
-    VersionFact("fused_experts: inplace", "<0.23", f"{FMM}:fused_experts", "param", "inplace"),
-    VersionFact("MoEActivation enum (activation is no longer a string)", ">=0.17", f"{FM}.activation:MoEActivation"),
-    VersionFact("gelu activation", ">=0.8", kind="behaviour"),
-    VersionFact("grouped_topk with a bias: biased weights, groups ranked by max", "<0.7", kind="behaviour"),
-    VersionFact("swigluoai activation", ">=0.10", kind="behaviour"),
-    VersionFact("Triton kernel ties per-token activation scales to per-channel weight scales", ">=0.6", kind="behaviour"),
-    VersionFact("expert_map with dynamic per-tensor w8a8 scales gives NaN rows (moecompat masks instead)", "==0.24.0", kind="behaviour"),
-    VersionFact("FusedMoE layer class in layer.py", "<0.27", f"{FM}.layer:FusedMoE"),
-    VersionFact("FusedMoEFactory in layer.py (replaces the FusedMoE class)", ">=0.27", f"{FM}.layer:FusedMoEFactory"),
-    VersionFact("package-level fused_experts is a placeholder without a Triton driver", ">=0.11", kind="behaviour"),
+    Fact("fused_experts", ">=0.6", f"{FMM}:fused_experts"),
+    *_params("fused_experts", f"{FMM}:fused_experts", ">=0.6", "inplace"),
+    *_params("fused_experts", f"{FMM}:fused_experts", "<0.11", "use_fp8_w8a8", "use_int8_w8a16", "w1_scale",
+             "w2_scale", "a1_scale", "a2_scale"),
+    *_params("fused_experts", f"{FMM}:fused_experts", ">=0.6.5,<0.11", "block_shape"),
+    *_params("fused_experts", f"{FMM}:fused_experts", ">=0.7,<0.11", "use_int4_w4a16", "w1_zp", "w2_zp"),
+    *_params("fused_experts", f"{FMM}:fused_experts", ">=0.8,<0.11", "use_int8_w8a8", "per_channel_quant"),
+    *_params("fused_experts", f"{FMM}:fused_experts", ">=0.8", "activation", "expert_map", "global_num_experts",
+             "apply_router_weight_on_input"),
+    *_params("fused_experts", f"{FMM}:fused_experts", ">=0.11", "quant_config"),
+    Fact("MoEActivation", ">=0.17", f"{FM}.activation:MoEActivation", what="MoEActivation enum (activation is no longer a string)"),
+    Fact("gelu activation", ">=0.8", kind="behaviour"),
+    Fact("swigluoai activation", ">=0.10", kind="behaviour"),
+    Fact(PLACEHOLDERS, ">=0.11", kind="behaviour"),
+    # Found on an H100 (vLLM 0.24.0, 257 tokens); moecompat applies the map itself for that scheme.
+    Fact(EXPERT_MAP_NAN_ROWS, "==0.24.0", kind="behaviour"),
+    Fact("Triton kernel ties per-token activation scales to per-channel weight scales", ">=0.6", kind="behaviour"),
+    Fact("ep_layer@class", "<0.27", f"{FM}.layer:FusedMoE", what="FusedMoE layer class in layer.py"),
+    Fact("ep_layer@factory", ">=0.27", f"{FM}.layer:FusedMoEFactory", what="FusedMoEFactory in layer.py (replaces the FusedMoE class)"),
     # quant config ---------------------------------------------------------------------------
-    VersionFact("FusedMoEQuantConfig", ">=0.9", f"{FM}.config:FusedMoEQuantConfig"),
-    VersionFact("FusedMoEQuantConfig.make(use_fp8_w8a8=..., ...) flags", ">=0.9,<0.11", f"{FM}.config:FusedMoEQuantConfig.make", "param", "use_fp8_w8a8"),
-    VersionFact("FusedMoEQuantConfig.make(quant_dtype=...)", ">=0.11", f"{FM}.config:FusedMoEQuantConfig.make", "param", "quant_dtype"),
-    VersionFact("fp8_w8a8_moe_quant_config factory", ">=0.11", f"{FM}.config:fp8_w8a8_moe_quant_config"),
-    VersionFact("int4_w4a16_moe_quant_config factory", ">=0.11", f"{FM}.config:int4_w4a16_moe_quant_config"),
+    Fact("FusedMoEQuantConfig", ">=0.9", f"{CFG}:FusedMoEQuantConfig"),
+    Fact("quant_config_make", ">=0.9", f"{CFG}:FusedMoEQuantConfig.make"),
+    *_params("quant_config_make", f"{CFG}:FusedMoEQuantConfig.make", ">=0.9,<0.11", "use_fp8_w8a8", "use_int8_w8a8",
+             "use_int8_w8a16", "use_int4_w4a16"),
+    *_params("quant_config_make", f"{CFG}:FusedMoEQuantConfig.make", ">=0.9", "per_act_token_quant", "per_out_ch_quant",
+             "block_shape"),
+    *_params("quant_config_make", f"{CFG}:FusedMoEQuantConfig.make", ">=0.11", "quant_dtype", "w1_scale", "w2_scale",
+             "a1_scale", "a2_scale"),
+    Fact("FUSED_MOE_UNQUANTIZED_CONFIG", ">=0.11", f"{CFG}:FUSED_MOE_UNQUANTIZED_CONFIG"),
+    Fact("fp8_w8a8_moe_quant_config", ">=0.11", f"{CFG}:fp8_w8a8_moe_quant_config"),
+    *_params("fp8_w8a8_moe_quant_config", f"{CFG}:fp8_w8a8_moe_quant_config", ">=0.11", "w1_scale", "w2_scale",
+             "a1_scale", "a2_scale", "per_act_token_quant", "per_out_ch_quant", "block_shape"),
+    Fact("int8_w8a8_moe_quant_config", ">=0.11", f"{CFG}:int8_w8a8_moe_quant_config"),
+    *_params("int8_w8a8_moe_quant_config", f"{CFG}:int8_w8a8_moe_quant_config", ">=0.11", "w1_scale", "w2_scale",
+             "a1_scale", "a2_scale", "per_act_token_quant"),
+    Fact("int8_w8a16_moe_quant_config", ">=0.11", f"{CFG}:int8_w8a16_moe_quant_config"),
+    *_params("int8_w8a16_moe_quant_config", f"{CFG}:int8_w8a16_moe_quant_config", ">=0.11", "w1_scale", "w2_scale",
+             "w1_zp", "w2_zp", "block_shape"),
+    Fact("int4_w4a16_moe_quant_config", ">=0.11", f"{CFG}:int4_w4a16_moe_quant_config"),
+    *_params("int4_w4a16_moe_quant_config", f"{CFG}:int4_w4a16_moe_quant_config", ">=0.11", "w1_scale", "w2_scale",
+             "w1_zp", "w2_zp", "block_shape"),
     # tuned-config helpers -------------------------------------------------------------------
-    VersionFact("get_config_dtype_str in fused_moe.py", "<0.11", f"{FMM}:get_config_dtype_str"),
-    VersionFact("get_config_dtype_str: use_int4_w4a16", ">=0.7,<0.11", f"{FMM}:get_config_dtype_str", "param", "use_int4_w4a16"),
-    VersionFact("get_config_dtype_str: use_mxfp4_w4a4", ">=0.10,<0.11", f"{FMM}:get_config_dtype_str", "param", "use_mxfp4_w4a4"),
-    VersionFact("_get_config_dtype_str in config.py", ">=0.11", f"{FM}.config:_get_config_dtype_str"),
-    VersionFact("_get_config_dtype_str: use_fp8_w8a16", ">=0.14", f"{FM}.config:_get_config_dtype_str", "param", "use_fp8_w8a16"),
-    VersionFact("get_config_file_name", ">=0.6", f"{FMM}:get_config_file_name"),
-    VersionFact("get_config_file_name: block_shape", ">=0.7", f"{FMM}:get_config_file_name", "param", "block_shape"),
-    VersionFact("get_moe_configs", ">=0.6", f"{FMM}:get_moe_configs"),
-    VersionFact("try_get_optimal_moe_config", ">=0.6", f"{FMM}:try_get_optimal_moe_config"),
-    VersionFact("try_get_optimal_moe_config: is_marlin", "<0.10", f"{FMM}:try_get_optimal_moe_config", "param", "is_marlin"),
+    Fact("config_dtype_str@fused_moe", "<0.11", f"{FMM}:get_config_dtype_str", what="get_config_dtype_str in fused_moe.py"),
+    *_params("config_dtype_str", f"{FMM}:get_config_dtype_str", "<0.11", "use_fp8_w8a8", "use_int8_w8a16", place="fused_moe"),
+    *_params("config_dtype_str", f"{FMM}:get_config_dtype_str", ">=0.7,<0.11", "use_int4_w4a16", place="fused_moe"),
+    *_params("config_dtype_str", f"{FMM}:get_config_dtype_str", ">=0.10,<0.11", "use_mxfp4_w4a4", place="fused_moe"),
+    Fact("config_dtype_str@config", ">=0.11", f"{CFG}:_get_config_dtype_str", what="_get_config_dtype_str in config.py"),
+    *_params("config_dtype_str", f"{CFG}:_get_config_dtype_str", ">=0.11", "use_fp8_w8a8", "use_int8_w8a16",
+             "use_int4_w4a16", "ocp_mx_scheme", place="config"),
+    *_params("config_dtype_str", f"{CFG}:_get_config_dtype_str", ">=0.14", "use_fp8_w8a16", place="config"),
+    Fact("get_config_file_name", ">=0.6", f"{FMM}:get_config_file_name"),
+    *_params("get_config_file_name", f"{FMM}:get_config_file_name", ">=0.7", "block_shape"),
+    Fact("get_moe_configs", ">=0.6", f"{FMM}:get_moe_configs"),
+    *_params("get_moe_configs", f"{FMM}:get_moe_configs", ">=0.7", "block_n", "block_k"),
+    Fact("get_default_config", ">=0.6", f"{FMM}:get_default_config"),
+    *_params("get_default_config", f"{FMM}:get_default_config", "<0.10", "is_marlin"),
+    *_params("get_default_config", f"{FMM}:get_default_config", ">=0.7", "block_shape"),
+    Fact("try_get_optimal_moe_config", ">=0.6", f"{FMM}:try_get_optimal_moe_config"),
+    *_params("try_get_optimal_moe_config", f"{FMM}:try_get_optimal_moe_config", "<0.10", "is_marlin"),
+    Fact("override_config", ">=0.6", f"{FMM}:override_config"),
+    # The state override_config sets: a module global of fused_moe.py.
+    Fact("override_state", ">=0.6", f"{FMM}:_config"),
+    Fact("tuned_config_folder_env", ">=0.6", "vllm.envs", kind="behaviour",
+         what="VLLM_TUNED_CONFIG_FOLDER: a folder searched for tuned configs before the package's"),
     # routing --------------------------------------------------------------------------------
-    VersionFact("fused_topk in fused_moe.py", "<0.15", f"{FMM}:fused_topk"),
-    VersionFact("grouped_topk in fused_moe.py", "<0.15", f"{FMM}:grouped_topk"),
-    VersionFact("fused_topk in router/fused_topk_router.py", ">=0.15", f"{FM}.router.fused_topk_router:fused_topk"),
-    VersionFact("grouped_topk in router/grouped_topk_router.py", ">=0.15", f"{FM}.router.grouped_topk_router:grouped_topk"),
-    VersionFact("grouped_topk: routed_scaling_factor", ">=0.10,<0.15", f"{FMM}:grouped_topk", "param", "routed_scaling_factor"),
-    VersionFact("router grouped_topk: routed_scaling_factor", ">=0.15", f"{FM}.router.grouped_topk_router:grouped_topk", "param", "routed_scaling_factor"),
-    VersionFact("FusedMoE.select_experts(hidden_states, router_logits, top_k, ...) static form", "<0.12", f"{FM}.layer:FusedMoE.select_experts", "param", "top_k"),
-    VersionFact("CPU select_experts in cpu_fused_moe.py", ">=0.10,<0.28", f"{FM}.cpu_fused_moe:select_experts"),
-    VersionFact("CPU select_experts in experts/cpu_moe.py", ">=0.28,<0.30", f"{FM}.experts.cpu_moe:select_experts"),
-    VersionFact("CPU select_experts in router/cpu_router.py", ">=0.30", f"{FM}.router.cpu_router:select_experts"),
+    Fact("fused_topk@fused_moe", "<0.15", f"{FMM}:fused_topk"),
+    Fact("fused_topk@router", ">=0.15", f"{FM}.router.fused_topk_router:fused_topk"),
+    Fact("grouped_topk@fused_moe", "<0.15", f"{FMM}:grouped_topk"),
+    Fact("grouped_topk@router", ">=0.15", f"{FM}.router.grouped_topk_router:grouped_topk"),
+    *_params("grouped_topk", f"{FMM}:grouped_topk", "<0.15", "num_expert_group", "topk_group", place="fused_moe"),
+    *_params("grouped_topk", f"{FMM}:grouped_topk", ">=0.6.5,<0.15", "scoring_func", "e_score_correction_bias",
+             place="fused_moe"),
+    *_params("grouped_topk", f"{FMM}:grouped_topk", ">=0.10,<0.15", "routed_scaling_factor", place="fused_moe"),
+    *_params("grouped_topk", f"{FM}.router.grouped_topk_router:grouped_topk", ">=0.15", "num_expert_group",
+             "topk_group", "scoring_func", "e_score_correction_bias", "routed_scaling_factor", place="router"),
+    # Before: vLLM 0.6 adds the bias to the returned weights and ranks groups by their max.
+    Fact(DEEPSEEK_BIAS, ">=0.7", kind="behaviour"),
+    Fact("cpu_select@cpu_fused_moe", ">=0.10,<0.28", f"{FM}.cpu_fused_moe:select_experts"),
+    Fact("cpu_select@experts", ">=0.28,<0.30", f"{FM}.experts.cpu_moe:select_experts"),
+    Fact("cpu_select@router", ">=0.30", f"{FM}.router.cpu_router:select_experts"),
+    Fact("cpu_grouped@cpu_fused_moe", ">=0.10,<0.28", f"{FM}.cpu_fused_moe:grouped_topk"),
+    Fact("cpu_grouped@experts", ">=0.28,<0.30", f"{FM}.experts.cpu_moe:grouped_topk"),
+    Fact("cpu_grouped@router", ">=0.30", f"{FM}.router.cpu_router:grouped_topk"),
+    *_params("cpu_grouped", f"{FM}.cpu_fused_moe:grouped_topk", ">=0.10,<0.28", "num_expert_group", "topk_group",
+             "scoring_func", "routed_scaling_factor", "e_score_correction_bias", place="cpu_fused_moe"),
+    *_params("cpu_grouped", f"{FM}.experts.cpu_moe:grouped_topk", ">=0.28,<0.30", "num_expert_group", "topk_group",
+             "scoring_func", "routed_scaling_factor", "e_score_correction_bias", place="experts"),
+    *_params("cpu_grouped", f"{FM}.router.cpu_router:grouped_topk", ">=0.30", "num_expert_group", "topk_group",
+             "scoring_func", "routed_scaling_factor", "e_score_correction_bias", place="router"),
+    # Where the MoE layers look up their routing (the tracker hooks them), newest first.
+    Fact("routing_hook@base_router", ">=0.20", f"{FM}.router.base_router:BaseRouter._select_experts"),
+    Fact("routing_hook@layer", "<0.20", f"{FM}.layer:FusedMoE.select_experts"),
+    Fact("layer_select_static", "<0.12", f"{FM}.layer:FusedMoE.select_experts", "param", "top_k",
+         what="FusedMoE.select_experts(hidden_states, router_logits, top_k, ...) static form"),
     # alignment, expert maps -----------------------------------------------------------------
-    VersionFact("moe_align_block_size importable from fused_moe.py", ">=0.6", f"{FMM}:moe_align_block_size"),
-    VersionFact("moe_align_block_size module (expert_map, pad_sorted_ids)", ">=0.8", f"{FM}.moe_align_block_size:moe_align_block_size"),
-    VersionFact("determine_expert_map in layer.py", ">=0.8,<0.22", f"{FM}.layer:determine_expert_map"),
-    VersionFact("determine_expert_map in expert_map_manager.py", ">=0.22", f"{FM}.expert_map_manager:determine_expert_map"),
-    VersionFact("determine_expert_map: placement strategy", ">=0.11,<0.22", f"{FM}.layer:determine_expert_map", "param", "expert_placement_strategy"),
-    VersionFact("expert_map_manager determine_expert_map: placement strategy", ">=0.22", f"{FM}.expert_map_manager:determine_expert_map", "param", "expert_placement_strategy"),
-    VersionFact("Mxfp4Backend in quantization/mxfp4.py", ">=0.10,<0.19", "vllm.model_executor.layers.quantization.mxfp4:Mxfp4Backend"),
-    VersionFact("get_mxfp4_backend in quantization/mxfp4.py", ">=0.10,<0.19", "vllm.model_executor.layers.quantization.mxfp4:get_mxfp4_backend"),
-    VersionFact("get_mxfp4_backend(with_lora_support)", ">=0.11,<0.19", "vllm.model_executor.layers.quantization.mxfp4:get_mxfp4_backend", "param", "with_lora_support"),
-    VersionFact("MXFP4 oracle: Mxfp4MoeBackend", ">=0.19", f"{FM}.oracle.mxfp4:Mxfp4MoeBackend"),
-    VersionFact("MXFP4 oracle: select_mxfp4_moe_backend", ">=0.19", f"{FM}.oracle.mxfp4:select_mxfp4_moe_backend"),
-    VersionFact("MXFP4 oracle: convert_to_mxfp4_moe_kernel_format (gpt-oss layout)", ">=0.19,<0.20", f"{FM}.oracle.mxfp4:convert_to_mxfp4_moe_kernel_format"),
-    VersionFact("MXFP4 oracle: convert_gpt_oss_weight_to_mxfp4_moe_kernel_format", ">=0.20", f"{FM}.oracle.mxfp4:convert_gpt_oss_weight_to_mxfp4_moe_kernel_format"),
-    VersionFact("FusedMoEConfig(intermediate_size) (was intermediate_size_per_partition)", ">=0.24", f"{FM}.config:FusedMoEConfig", "param", "intermediate_size"),
-    VersionFact("MoEActivation in fused_moe/activation.py", ">=0.17", f"{FM}.activation:MoEActivation"),
-    VersionFact("FusedMoEParallelConfig.make_no_parallel", ">=0.15", f"{FM}.config:FusedMoEParallelConfig.make_no_parallel"),
-    VersionFact(MXFP4_MARLIN_ENV, ">=0.10,<0.24", "vllm.envs", kind="behaviour"),
-    VersionFact("select_mxfp4_moe_backend(config, activation_key)", ">=0.21", f"{FM}.oracle.mxfp4:select_mxfp4_moe_backend", "param", "activation_key"),
-    VersionFact("mxfp4_round_up_hidden_size_and_intermediate_size(..., activation)", ">=0.28", f"{FM}.oracle.mxfp4:mxfp4_round_up_hidden_size_and_intermediate_size", "param", "activation"),
-    VersionFact("FusedMoEPermuteExpertsUnpermute.supports_expert_map", ">=0.9,<0.17", f"{FM}.modular_kernel:FusedMoEPermuteExpertsUnpermute.supports_expert_map"),
-    VersionFact("FusedMoEExperts.supports_expert_map (removed by PR #43108)", ">=0.17,<0.23", f"{FM}.modular_kernel:FusedMoEExperts.supports_expert_map"),
-    VersionFact("determine_expert_map gives the remainder to the last rank (later: to the first ranks)", ">=0.8,<0.11", kind="behaviour"),
+    Fact("moe_align_block_size@module", ">=0.8", f"{FM}.moe_align_block_size:moe_align_block_size"),
+    Fact("moe_align_block_size@fused_moe", ">=0.6", f"{FMM}:moe_align_block_size",
+         what="moe_align_block_size importable from fused_moe.py"),
+    *_params("moe_align_block_size", f"{FM}.moe_align_block_size:moe_align_block_size", ">=0.8", "expert_map",
+             "pad_sorted_ids", place="module"),
+    Fact("determine_expert_map@manager", ">=0.22", f"{FM}.expert_map_manager:determine_expert_map"),
+    Fact("determine_expert_map@layer", ">=0.8,<0.22", f"{FM}.layer:determine_expert_map"),
+    *_params("determine_expert_map", f"{FM}.layer:determine_expert_map", ">=0.11,<0.22", "expert_placement_strategy",
+             place="layer"),
+    *_params("determine_expert_map", f"{FM}.expert_map_manager:determine_expert_map", ">=0.22",
+             "expert_placement_strategy", place="manager"),
+    Fact(REMAINDER_TO_LAST_RANK, ">=0.8,<0.11", kind="behaviour",
+         what="determine_expert_map gives the remainder to the last rank (later: to the first ranks)"),
+    Fact("supports_expert_map@permute", ">=0.9,<0.17", f"{FM}.modular_kernel:FusedMoEPermuteExpertsUnpermute.supports_expert_map"),
+    Fact("supports_expert_map@experts", ">=0.17,<0.23", f"{FM}.modular_kernel:FusedMoEExperts.supports_expert_map",
+         what="FusedMoEExperts.supports_expert_map (removed by PR #43108)"),
+    # MXFP4 backend oracle (PR #37128 moved it from quantization/mxfp4.py to fused_moe/oracle/) ---
+    Fact("mxfp4_enum@oracle", ">=0.19", f"{ORACLE}:Mxfp4MoeBackend"),
+    Fact("mxfp4_enum@quantization", ">=0.10,<0.19", f"{QMX}:Mxfp4Backend"),
+    Fact("get_mxfp4_backend", ">=0.10,<0.19", f"{QMX}:get_mxfp4_backend"),
+    *_params("get_mxfp4_backend", f"{QMX}:get_mxfp4_backend", ">=0.11,<0.19", "with_lora_support"),
+    Fact("select_mxfp4_moe_backend", ">=0.19", f"{ORACLE}:select_mxfp4_moe_backend"),
+    *_params("select_mxfp4_moe_backend", f"{ORACLE}:select_mxfp4_moe_backend", ">=0.21", "activation_key"),
+    Fact("mxfp4_convert@generic", ">=0.19,<0.20", f"{ORACLE}:convert_to_mxfp4_moe_kernel_format",
+         what="MXFP4 oracle: convert_to_mxfp4_moe_kernel_format (gpt-oss layout)"),
+    Fact("mxfp4_convert@gpt_oss", ">=0.20", f"{ORACLE}:convert_gpt_oss_weight_to_mxfp4_moe_kernel_format"),
+    Fact("mxfp4_round_up", ">=0.19", f"{ORACLE}:mxfp4_round_up_hidden_size_and_intermediate_size"),
+    *_params("mxfp4_round_up", f"{ORACLE}:mxfp4_round_up_hidden_size_and_intermediate_size", ">=0.28", "activation"),
+    Fact(MXFP4_MARLIN_ENV, ">=0.10,<0.24", "vllm.envs", kind="behaviour"),
+    # The per-layer FusedMoEConfig the oracle reads, and the deployment config around it.
+    Fact("FusedMoEConfig", ">=0.9", f"{CFG}:FusedMoEConfig"),
+    *_params("FusedMoEConfig", f"{CFG}:FusedMoEConfig", ">=0.9", "num_experts", "experts_per_token", "hidden_dim",
+             "num_local_experts", "moe_parallel_config", "in_dtype", "has_bias"),
+    *_params("FusedMoEConfig", f"{CFG}:FusedMoEConfig", ">=0.17", "activation", "device", "routing_method",
+             "num_logical_experts", "is_lora_enabled"),
+    Fact("FusedMoEConfig.intermediate_size", ">=0.24", f"{CFG}:FusedMoEConfig", "param", "intermediate_size",
+         what="FusedMoEConfig(intermediate_size) (was intermediate_size_per_partition)"),
+    Fact("FusedMoEConfig.intermediate_size@per_partition", "<0.24", f"{CFG}:FusedMoEConfig", "param",
+         "intermediate_size_per_partition"),
+    Fact("FusedMoEParallelConfig", ">=0.9", f"{CFG}:FusedMoEParallelConfig"),
+    Fact("make_no_parallel", ">=0.15", f"{CFG}:FusedMoEParallelConfig.make_no_parallel"),
+    Fact("RoutingMethodType", ">=0.11", f"{CFG}:RoutingMethodType"),
+    Fact("get_current_vllm_config_or_none", ">=0.19", f"{VCFG}:get_current_vllm_config_or_none"),
+    Fact("set_current_vllm_config", ">=0.8", f"{VCFG}:set_current_vllm_config"),
+    Fact("VllmConfig", ">=0.6.5", f"{VCFG}:VllmConfig"),
+    Fact("ModelConfig", ">=0.6", f"{VCFG}:ModelConfig"),
+    *_params("ModelConfig", f"{VCFG}:ModelConfig", ">=0.6", "model", "tokenizer", "skip_tokenizer_init", "dtype"),
+    Fact("current_platform", ">=0.6", "vllm.platforms:current_platform"),
 )
 
-ENGINE = Engine(
-    name="vllm",
-    distributions=("vllm",),
-    root_modules=(FM,),
-    tested=">=0.6,<0.34",
-    facts=FACTS,
-)
+ENGINE = Engine(next(s for s in ENGINE_SPECS if s["name"] == "vllm"), FACTS)
+
+#: Every name a vLLM MXFP4 MoE backend enum member had (``Mxfp4Backend`` 0.10-0.18,
+#: ``Mxfp4MoeBackend`` from 0.19) -> the stable member.
+MXFP4_MEMBERS: dict[str, Mxfp4Backend] = {
+    "NONE": Mxfp4Backend.NONE,
+    "SM100_FI_MXFP4_MXFP8_TRTLLM": Mxfp4Backend.FLASHINFER_TRTLLM_MXFP8,
+    "FLASHINFER_TRTLLM_MXFP4_MXFP8": Mxfp4Backend.FLASHINFER_TRTLLM_MXFP8,
+    "SM100_FI_MXFP4_BF16": Mxfp4Backend.FLASHINFER_TRTLLM_BF16,
+    "FLASHINFER_TRTLLM_MXFP4_BF16": Mxfp4Backend.FLASHINFER_TRTLLM_BF16,
+    "SM100_FI_MXFP4_MXFP8_CUTLASS": Mxfp4Backend.FLASHINFER_CUTLASS_MXFP8,
+    "FLASHINFER_CUTLASS_MXFP4_MXFP8": Mxfp4Backend.FLASHINFER_CUTLASS_MXFP8,
+    "SM90_FI_MXFP4_BF16": Mxfp4Backend.FLASHINFER_CUTLASS_BF16,
+    "FLASHINFER_CUTLASS_MXFP4_BF16": Mxfp4Backend.FLASHINFER_CUTLASS_BF16,
+    "TRITON": Mxfp4Backend.TRITON,
+    "TRITON_UNFUSED": Mxfp4Backend.TRITON_UNFUSED,
+    "MARLIN": Mxfp4Backend.MARLIN,
+    "BATCHED_MARLIN": Mxfp4Backend.BATCHED_MARLIN,
+    "CK": Mxfp4Backend.ROCM_AITER,
+    "AITER": Mxfp4Backend.ROCM_AITER,
+    "AITER_MXFP4_BF16": Mxfp4Backend.ROCM_AITER,
+    "AITER_MXFP4_FP8": Mxfp4Backend.ROCM_AITER_FP8,
+    "AITER_MXFP4_MXFP4": Mxfp4Backend.ROCM_AITER_MXFP4,
+    "AITER_TRITON_MXFP4_BF16": Mxfp4Backend.ROCM_AITER_TRITON_BF16,
+    "AITER_TRITON_MXFP4_MXFP4": Mxfp4Backend.ROCM_AITER_TRITON_MXFP4,
+    "DEEPGEMM_MXFP4": Mxfp4Backend.DEEPGEMM,
+    "CUTLASS_MXFP4_MXFP4": Mxfp4Backend.CUTLASS_MXFP4,
+    "B12X_MXFP4_MXFP8": Mxfp4Backend.B12X_MXFP8,
+    "B12X_MXFP4_BF16": Mxfp4Backend.B12X_BF16,
+    "FLASHINFER_MOE_EP_CUTEDSL": Mxfp4Backend.FLASHINFER_EP_CUTEDSL,
+    "FLASHINFER_MOE_EP_DEEP_GEMM": Mxfp4Backend.FLASHINFER_EP_DEEPGEMM,
+    "XPU": Mxfp4Backend.XPU,
+    "CPU": Mxfp4Backend.CPU,
+    "EMULATION": Mxfp4Backend.EMULATION,
+    "HUMMING": Mxfp4Backend.HUMMING,
+}
+
+#: Experts classes whose ``supports_expert_map()`` returned False in vLLM 0.20-0.22, the last
+#: releases with the method (PR #43108, in 0.23, removed it: they now silently ignore a map).
+IGNORES_EXPERT_MAP: frozenset[str] = frozenset({
+    "FlashInferExperts", "NaiveBatchedExperts", "BatchedTritonExperts", "TrtLlmNvFp4ExpertsBase",
+    "TrtLlmBf16Experts", "BatchedDeepGemmExperts", "TrtLlmFp8ExpertsBase", "FlashInferCuteDSLBatchedExperts",
+    "TrtLlmMxfp4ExpertsBase", "CutlassExpertsFp8", "CutlassBatchedExpertsFp8", "CutlassExpertsFp4",
+    "CutlassExpertsMxfp4", "FlashInferCuteDSLExperts",
+})
+#: Subclasses of those that re-enabled it (their own method returned True).
+HONOURS_EXPERT_MAP: frozenset[str] = frozenset({"TrtLlmMxfp4ExpertsModular", "CutlassExpertsW4A8Fp8"})
 
 
-def _range(what: str) -> str:
-    return ENGINE.fact(what).versions
+def mxfp4_from_engine(member: Any) -> Mxfp4Backend:
+    """The stable member for a vLLM enum member (any version)."""
+    name = getattr(member, "name", str(member))
+    try:
+        return MXFP4_MEMBERS[name]
+    except KeyError:
+        raise ENGINE.drift("MXFP4 backend", f"vLLM returned {name!r}, which moecompat does not know") from None
+
+
+def mxfp4_to_engine(backend: Mxfp4Backend | str, engine_enum: Any) -> Any:
+    """The member of the installed release's own enum for ``backend``."""
+    b = parse_mxfp4_backend(backend)
+    for name, stable in MXFP4_MEMBERS.items():
+        if stable is b and name in engine_enum.__members__:
+            return engine_enum[name]
+    raise ENGINE.unsupported(f"MXFP4 backend {b.value!r}",
+                             detail=f"{engine_enum.__name__} has only {', '.join(engine_enum.__members__)}")
 
 
 def _not_placeholder(obj: Any) -> bool:
-    # Without a Triton driver, vLLM exports lambdas that raise; resolve the defining module.
+    # Without a Triton driver, vLLM exports lambdas that raise (fact PLACEHOLDERS); resolve the
+    # defining module instead.
     return callable(obj) and getattr(obj, "__name__", "") != "<lambda>"
+
+
+def _cached(qc: QuantConfig, key: str, build: Callable[[], Any]) -> Any:
+    cache = qc._engine_cache
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = build()
+    return hit
 
 
 # --------------------------------------------------------------------------------------------
 # Quant config translation (cached per QuantConfig object; QuantConfig is frozen)
 
-_FLAG_FOR_SCHEME = TRITON_SCHEME_FLAGS
-_SCHEME_RANGES = {
-    QuantScheme.FP8_W8A8: ">=0.6",
-    QuantScheme.INT8_W8A16: ">=0.6",
-    QuantScheme.INT4_W4A16: ">=0.7",
-    QuantScheme.INT8_W8A8: ">=0.8",
-}
+def _flag(scheme: QuantScheme) -> str:
+    """The alias of the ``use_<scheme>`` flag facts (``use_fp8_w8a8``, ...)."""
+    return f"use_{scheme.value}"
 
 
 def _kernel_block_shape(qc: QuantConfig) -> list[int] | None:
@@ -142,8 +297,6 @@ def _kernel_block_shape(qc: QuantConfig) -> list[int] | None:
 
 def _check_kernel_supports(qc: QuantConfig) -> None:
     s = qc.scheme
-    if s is None:
-        return
     if s is QuantScheme.MXFP4_W4A16:
         raise ENGINE.unsupported(
             "mxfp4_w4a16 through the functional fused_experts",
@@ -157,265 +310,246 @@ def _check_kernel_supports(qc: QuantConfig) -> None:
         )
 
 
-def _legacy_flags(qc: QuantConfig, params: frozenset[str]) -> dict[str, Any]:
-    """Keyword flags + scales for fused_experts/get_config of vLLM < 0.11."""
+def _legacy_flags(qc: QuantConfig, p: dict[str, str]) -> dict[str, Any]:
+    """Keyword flags and scales of ``fused_experts`` before 0.11 (``p``: its parameter facts)."""
     _check_kernel_supports(qc)
     s = qc.scheme
     if s is None:
         return {}
-    flag = _FLAG_FOR_SCHEME[s]
-    if flag not in params:
-        raise ENGINE.unsupported(s.value, available_in=_SCHEME_RANGES[s])
-    kw: dict[str, Any] = {flag: True, "w1_scale": qc.w1_scale, "w2_scale": qc.w2_scale}
+    flag = p.get(_flag(s))
+    if flag is None:
+        raise ENGINE.unsupported(s.value, available_in=ENGINE.available_in(f"fused_experts.{_flag(s)}"))
+    kw: dict[str, Any] = {flag: True, p["w1_scale"]: qc.w1_scale, p["w2_scale"]: qc.w2_scale}
     if qc.a1_scale is not None:
-        kw["a1_scale"], kw["a2_scale"] = qc.a1_scale, qc.a2_scale
+        kw[p["a1_scale"]], kw[p["a2_scale"]] = qc.a1_scale, qc.a2_scale
     if qc.w1_zp is not None:
-        kw["w1_zp"], kw["w2_zp"] = qc.w1_zp, qc.w2_zp
+        kw[p["w1_zp"]], kw[p["w2_zp"]] = qc.w1_zp, qc.w2_zp
     bs = _kernel_block_shape(qc)
     if bs is not None:
-        if "block_shape" not in params:
-            raise ENGINE.unsupported("block-quantized weights", available_in=">=0.6.5")
-        kw["block_shape"] = bs
+        if p.get("block_shape") is None:
+            raise ENGINE.unsupported("block-quantized weights", available_in=ENGINE.available_in("fused_experts.block_shape"))
+        kw[p["block_shape"]] = bs
     if qc.per_act_token_quant or qc.per_out_ch_quant:
-        if "per_channel_quant" not in params:
-            raise ENGINE.unsupported("per-channel / per-token w8a8 scales", available_in=">=0.8")
-        kw["per_channel_quant"] = True
+        if p.get("per_channel_quant") is None:
+            raise ENGINE.unsupported("per-channel / per-token w8a8 scales",
+                                     available_in=ENGINE.available_in("fused_experts.per_channel_quant"))
+        kw[p["per_channel_quant"]] = True
+    return kw
+
+
+def _factory_kwargs(name: str, factory: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` by the factory's parameter facts; an option the factory lacks may only be
+    left out at its neutral value (None/False), otherwise the feature is missing."""
+    p = ENGINE.params(ENGINE.fact(name), factory)
+    kw: dict[str, Any] = {}
+    for alias, value in values.items():
+        if p.get(alias) is not None:
+            kw[p[alias]] = value
+        elif value not in (None, False):
+            raise ENGINE.unsupported(f"{name}({alias}=...)", detail="this vLLM's factory has no such option")
     return kw
 
 
 def _modern_quant_config(qc: QuantConfig) -> Any:
     """vLLM >= 0.11: a FusedMoEQuantConfig built by vLLM's own factory for the scheme."""
     _check_kernel_supports(qc)
-    from vllm.model_executor.layers.fused_moe import config as vcfg
-
     s = qc.scheme
     if s is None:
-        return vcfg.FUSED_MOE_UNQUANTIZED_CONFIG
+        return ENGINE.load_fact("FUSED_MOE_UNQUANTIZED_CONFIG")
     bs = _kernel_block_shape(qc)
     if s in (QuantScheme.FP8_W8A8, QuantScheme.INT8_W8A8):
-        factory = vcfg.fp8_w8a8_moe_quant_config if s is QuantScheme.FP8_W8A8 else vcfg.int8_w8a8_moe_quant_config
-        kw = dict(w1_scale=qc.w1_scale, w2_scale=qc.w2_scale, a1_scale=qc.a1_scale, a2_scale=qc.a2_scale,
-                  per_act_token_quant=qc.per_act_token_quant, per_out_ch_quant=qc.per_out_ch_quant, block_shape=bs)
-        params = inspect.signature(factory).parameters
-        if "per_out_ch_quant" not in params and qc.per_out_ch_quant == qc.per_act_token_quant:
+        name = "fp8_w8a8_moe_quant_config" if s is QuantScheme.FP8_W8A8 else "int8_w8a8_moe_quant_config"
+        factory = ENGINE.load_fact(name)
+        values = dict(w1_scale=qc.w1_scale, w2_scale=qc.w2_scale, a1_scale=qc.a1_scale, a2_scale=qc.a2_scale,
+                      per_act_token_quant=qc.per_act_token_quant, per_out_ch_quant=qc.per_out_ch_quant, block_shape=bs)
+        p = ENGINE.params(ENGINE.fact(name), factory)
+        if p.get("per_out_ch_quant") is None and qc.per_out_ch_quant == qc.per_act_token_quant:
             # The factory leaves it False: the kernel reads weights per channel exactly when it
             # quantizes activations per token (checked above).
-            del kw["per_out_ch_quant"]
-        if "block_shape" not in params and bs is not None:
+            del values["per_out_ch_quant"]
+        if p.get("block_shape") is None and bs is not None:
             # No block option on this factory (int8): vLLM's generic constructor takes it.
-            return vcfg.FusedMoEQuantConfig.make(torch.int8, **kw)
-        return _call_factory(factory, **kw)
-    factory = vcfg.int8_w8a16_moe_quant_config if s is QuantScheme.INT8_W8A16 else vcfg.int4_w4a16_moe_quant_config
-    return _call_factory(factory, w1_scale=qc.w1_scale, w2_scale=qc.w2_scale, w1_zp=qc.w1_zp, w2_zp=qc.w2_zp, block_shape=bs)
+            make = ENGINE.load_fact("quant_config_make")
+            return make(torch.int8, **_factory_kwargs("quant_config_make", make, values))
+        return factory(**_factory_kwargs(name, factory, values))
+    name = "int8_w8a16_moe_quant_config" if s is QuantScheme.INT8_W8A16 else "int4_w4a16_moe_quant_config"
+    factory = ENGINE.load_fact(name)
+    return factory(**_factory_kwargs(name, factory, dict(w1_scale=qc.w1_scale, w2_scale=qc.w2_scale, w1_zp=qc.w1_zp,
+                                                         w2_zp=qc.w2_zp, block_shape=bs)))
 
 
-def _call_factory(factory: Any, **kw: Any) -> Any:
-    """Call a vLLM quant-config factory with the options it has; an option it lacks may only be
-    left out when it is at its neutral value (None/False), otherwise the feature is missing."""
-    params = inspect.signature(factory).parameters
-    for name in [k for k in kw if k not in params]:
-        if kw[name] not in (None, False):
-            raise ENGINE.unsupported(f"{factory.__name__}({name}=...)", detail="this vLLM's factory has no such option")
-        del kw[name]
-    return factory(**kw)
-
-
-def _legacy_make(make: Any, qc: QuantConfig) -> Any:
+def _legacy_make(make: Any, p: dict[str, str], qc: QuantConfig) -> Any:
     """vLLM 0.9-0.10: FusedMoEQuantConfig.make(use_* flags, per_*_quant, block_shape)."""
     _check_kernel_supports(qc)
     s = qc.scheme
     if s is None:
         return make()
-    return make(**{_FLAG_FOR_SCHEME[s]: True}, per_act_token_quant=qc.per_act_token_quant,
-                per_out_ch_quant=qc.per_out_ch_quant, block_shape=_kernel_block_shape(qc))
-
-
-def _cached(qc: QuantConfig, key: str, build: Any) -> Any:
-    cache = qc._engine_cache
-    hit = cache.get(key)
-    if hit is None:
-        hit = build()
-        cache[key] = hit
-    return hit
+    return make(**{p[_flag(s)]: True, p["per_act_token_quant"]: qc.per_act_token_quant,
+                   p["per_out_ch_quant"]: qc.per_out_ch_quant, p["block_shape"]: _kernel_block_shape(qc)})
 
 
 @ENGINE.adapter("make_quant_config")
 def _build_make_quant_config(engine: Engine) -> Resolution:
-    try:
-        loc, make = engine.find([Location(f"{FM}.config", "FusedMoEQuantConfig.make", ">=0.9")])
-    except LookupError:
-        def legacy(qc: QuantConfig) -> dict[str, Any]:
-            # importlib: in 0.6-0.10 the package re-exports a *function* fused_moe that shadows
-            # the submodule of the same name for attribute-style imports.
-            fmm = importlib.import_module(FMM)
-            params = frozenset(inspect.signature(fmm.fused_experts).parameters)
-            return _legacy_flags(qc, params)
-        return engine.ok("make_quant_config", legacy, f"{FMM}:fused_experts", "legacy-flags")
-    params = inspect.signature(make).parameters
-    if "quant_dtype" in params:
+    if not engine.holds("quant_config_make"):
+        fact, fe = engine.find("fused_experts", accept=_not_placeholder)
+        p = engine.params(fact, fe)
+        return engine.ok("make_quant_config", lambda qc: _legacy_flags(qc, p), fe, "legacy-flags")
+    fact, make = engine.find("quant_config_make")
+    p = engine.params(fact, make)
+    if p.get("quant_dtype") is not None:
         return engine.ok("make_quant_config", _modern_quant_config, make, "factories")
-    return engine.ok("make_quant_config", lambda qc: _legacy_make(make, qc), make, "make-flags")
+    return engine.ok("make_quant_config", lambda qc: _legacy_make(make, p, qc), make, "make-flags")
 
 
 # --------------------------------------------------------------------------------------------
 # fused_experts
 
 _FE_VARIANTS = (
-    Variant.of("quant_config+enum", 5, "activation", "apply_router_weight_on_input", "global_num_experts", "expert_map", "quant_config"),
-    Variant.of("flags+activation", 5, "inplace", "activation", "apply_router_weight_on_input", "use_fp8_w8a8", "use_int8_w8a8",
-               "per_channel_quant", "global_num_experts", "expert_map", "w1_scale", "w2_scale", "a1_scale", "a2_scale", "block_shape"),
-    Variant.of("flags", 5, "inplace", "use_fp8_w8a8", "use_int8_w8a16", "w1_scale", "w2_scale", "a1_scale", "a2_scale"),
+    ("quant_config+enum", 5, ("fused_experts.activation", "fused_experts.apply_router_weight_on_input",
+                              "fused_experts.global_num_experts", "fused_experts.expert_map", "fused_experts.quant_config")),
+    ("flags+activation", 5, ("fused_experts.inplace", "fused_experts.activation", "fused_experts.apply_router_weight_on_input",
+                             "fused_experts.use_fp8_w8a8", "fused_experts.use_int8_w8a8", "fused_experts.per_channel_quant",
+                             "fused_experts.global_num_experts", "fused_experts.expert_map", "fused_experts.w1_scale",
+                             "fused_experts.w2_scale", "fused_experts.a1_scale", "fused_experts.a2_scale",
+                             "fused_experts.block_shape")),
+    ("flags", 5, ("fused_experts.inplace", "fused_experts.use_fp8_w8a8", "fused_experts.use_int8_w8a16",
+                  "fused_experts.w1_scale", "fused_experts.w2_scale", "fused_experts.a1_scale", "fused_experts.a2_scale")),
 )
-
 
 
 @ENGINE.adapter("fused_experts")
 def _build_fused_experts(engine: Engine) -> Resolution:
-    loc, fn = engine.find([Location(FMM, "fused_experts", ">=0.6")], accept=_not_placeholder)
+    fact, fn = engine.find("fused_experts", accept=_not_placeholder)
     variant = engine.pick(fn, _FE_VARIANTS, "fused_experts")
-    params = frozenset(inspect.signature(fn).parameters)
-    has_inplace = "inplace" in params
+    p = engine.params(fact, fn)
     modern = variant.name == "quant_config+enum"
     acts: dict[Activation, Any]
-    if "activation" not in params:
+    if p.get("activation") is None:
         acts = {Activation.SILU: None}
+    elif engine.holds("MoEActivation"):
+        _, enum_cls = engine.find("MoEActivation")
+        acts = {a: enum_cls[a.name] for a in Activation if a.name in enum_cls.__members__}
     else:
-        try:
-            from vllm.model_executor.layers.fused_moe.activation import MoEActivation
-            acts = {a: getattr(MoEActivation, a.name) for a in Activation if hasattr(MoEActivation, a.name)}
-        except ImportError:
-            acts = {Activation.SILU: "silu", Activation.GELU: "gelu"}
-            if engine.fact("swigluoai activation").holds_for(engine.version()):  # type: ignore[arg-type]
-                acts[Activation.SWIGLUOAI] = "swigluoai"
-    act_ranges = {Activation.GELU: _range("gelu activation"), Activation.SWIGLUOAI: _range("swigluoai activation")}
-    has_map = "expert_map" in params
-    has_on_input = "apply_router_weight_on_input" in params
-    if modern:
-        make_cfg = _modern_quant_config
-    else:
-        def make_cfg(qc: QuantConfig) -> dict[str, Any]:
-            return _legacy_flags(qc, params)
+        acts = {Activation.SILU: Activation.SILU.value}
+        for a, key in ((Activation.GELU, "gelu activation"), (Activation.SWIGLUOAI, "swigluoai activation")):
+            if engine.holds(key):
+                acts[a] = a.value
+    act_ranges = {Activation.GELU: engine.range("gelu activation"), Activation.SWIGLUOAI: engine.range("swigluoai activation")}
+    make_cfg: Callable[[QuantConfig], Any] = _modern_quant_config if modern else (lambda qc: _legacy_flags(qc, p))
+    inplace_kw = p.get("inplace")
 
-    def build_call(hidden_states, w1, w2, topk_weights, topk_ids, activation, qc, expert_map, global_num_experts,
-                   apply_router_weight_on_input, inplace) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
-        """(positional args, keyword args, copy the result into hidden_states?) for vLLM's call."""
-        act = acts.get(activation, acts)
-        if act is acts:
-            raise engine.unsupported(f"activation {activation.value!r}", act_ranges.get(activation, ""))
+    def bind(call: ExpertsCall) -> KernelRunner:
+        if call.activation not in acts:
+            raise engine.unsupported(f"activation {call.activation.value!r}", act_ranges.get(call.activation, ""))
+        qc = call.quant_config
+        if not isinstance(qc, QuantConfig):
+            raise engine.unsupported("mixed per-projection precision (MixedQuantConfig)",
+                                     detail="vLLM's fused kernel runs both GEMMs in one scheme; use backend='reference'")
         cfg = _cached(qc, "vllm", lambda: make_cfg(qc))
-        if expert_map is not None and (not has_map or (qc.quantizes_activations and qc.block_shape is None
-                                                        and not qc.per_act_token_quant)):
-            # No expert_map parameter, or dynamic per-tensor w8a8 scales, whose expert-map path
-            # returned NaN rows on vLLM 0.24.0 (H100, 257 tokens; tests/gpu): apply the map here.
-            topk_weights, topk_ids = mask_expert_map(topk_weights, topk_ids, expert_map)
-            expert_map = None
-        if apply_router_weight_on_input and not has_on_input:
-            raise engine.unsupported("apply_router_weight_on_input", _range("fused_experts: apply_router_weight_on_input"))
-        args = (hidden_states, w1, w2, topk_weights, topk_ids)
+        expert_map = call.expert_map
+        # No expert_map parameter, or dynamic per-tensor w8a8 scales (fact EXPERT_MAP_NAN_ROWS):
+        # apply the map here; the result is the same.
+        mask = expert_map is not None and (p.get("expert_map") is None or (
+            qc.quantizes_activations and qc.block_shape is None and not qc.per_act_token_quant))
+        if call.apply_router_weight_on_input and p.get("apply_router_weight_on_input") is None:
+            raise engine.unsupported("apply_router_weight_on_input", engine.available_in("fused_experts.apply_router_weight_on_input"))
+        act = acts[call.activation]
         if modern:
-            kw: dict[str, Any] = {"activation": act, "apply_router_weight_on_input": apply_router_weight_on_input,
-                                  "global_num_experts": global_num_experts, "expert_map": expert_map, "quant_config": cfg}
+            kw: dict[str, Any] = {p["activation"]: act, p["apply_router_weight_on_input"]: call.apply_router_weight_on_input,
+                                  p["global_num_experts"]: call.global_num_experts,
+                                  p["expert_map"]: None if mask else expert_map, p["quant_config"]: cfg}
         else:
             kw = dict(cfg)
             if act is not None:
-                kw["activation"] = act
-            if has_map:
-                kw["expert_map"] = expert_map
-                kw["global_num_experts"] = global_num_experts
-            if has_on_input:
-                kw["apply_router_weight_on_input"] = apply_router_weight_on_input
-        if has_inplace:
-            kw["inplace"] = inplace
-        return args, kw, inplace and not has_inplace
+                kw[p["activation"]] = act
+            if p.get("expert_map") is not None:
+                kw[p["expert_map"]] = None if mask else expert_map
+                kw[p["global_num_experts"]] = call.global_num_experts
+            if p.get("apply_router_weight_on_input") is not None:
+                kw[p["apply_router_weight_on_input"]] = call.apply_router_weight_on_input
+        if inplace_kw is not None:
+            kwargs = ({**kw, inplace_kw: False}, {**kw, inplace_kw: True})
+            how = "kernel"
+        else:
+            kwargs, how = (kw, kw), "copy"
+        return KernelRunner(KernelCall(fn, kwargs, mask_map=mask, inplace=how), expert_map)
 
-    def impl(hidden_states, w1, w2, topk_weights, topk_ids, activation, qc, expert_map, global_num_experts,
-             apply_router_weight_on_input, inplace):
-        args, kw, copy_back = build_call(hidden_states, w1, w2, topk_weights, topk_ids, activation, qc, expert_map,
-                                         global_num_experts, apply_router_weight_on_input, inplace)
-        out = fn(*args, **kw)
-        if copy_back:
-            hidden_states.copy_(out)
-            return hidden_states
-        return out
-
-    impl.build_call = build_call  # type: ignore[attr-defined]
-    impl.target = fn  # type: ignore[attr-defined]
-    return engine.ok("fused_experts", impl, fn, variant.name)
+    return engine.ok("fused_experts", bind, fn, variant.name)
 
 
 # --------------------------------------------------------------------------------------------
 # select_experts: vLLM's top-k functions (CUDA kernels) on CUDA tensors, its CPU routing code on
 # CPU tensors.
 
-_CPU_SELECT = (
-    Location(f"{FM}.router.cpu_router", "select_experts", ">=0.30"),
-    Location(f"{FM}.experts.cpu_moe", "select_experts", ">=0.28,<0.30"),
-    Location(f"{FM}.cpu_fused_moe", "select_experts", ">=0.10,<0.28"),
-)
-_CPU_GROUPED = (
-    Location(f"{FM}.router.cpu_router", "grouped_topk", ">=0.30"),
-    Location(f"{FM}.experts.cpu_moe", "grouped_topk", ">=0.28,<0.30"),
-    Location(f"{FM}.cpu_fused_moe", "grouped_topk", ">=0.10,<0.28"),
-)
-
 
 @ENGINE.adapter("select_experts")
 def _build_select_experts(engine: Engine) -> Resolution:
-    _, fused_topk = engine.find([Location(f"{FM}.router.fused_topk_router", "fused_topk", ">=0.15"),
-                                 Location(FMM, "fused_topk", "<0.15")], accept=_not_placeholder)
-    gloc, grouped_topk = engine.find([Location(f"{FM}.router.grouped_topk_router", "grouped_topk", ">=0.15"),
-                                      Location(FMM, "grouped_topk", "<0.15")], accept=_not_placeholder)
+    _, fused_topk = engine.find("fused_topk", accept=_not_placeholder)
+    gfact, grouped_topk = engine.find("grouped_topk", accept=_not_placeholder)
+    gp = engine.params(gfact, grouped_topk)
     try:
-        _, cpu_grouped = engine.find(_CPU_GROUPED)
-    except LookupError:
-        cpu_grouped = None
-    gparams = frozenset(inspect.signature(grouped_topk).parameters)
-    biased_groups_by_max = engine.fact("grouped_topk with a bias: biased weights, groups ranked by max").holds_for(engine.version())  # type: ignore[arg-type]
-    if "scoring_func" not in gparams:
+        cfact, cpu_grouped = engine.find("cpu_grouped")
+        cp = engine.params(cfact, cpu_grouped)
+    except LookupError:  # before 0.10: the CUDA function's torch code runs on CPU tensors too
+        cpu_grouped, cp = grouped_topk, gp
+    biased_groups_by_max = not engine.holds(DEEPSEEK_BIAS)
+    if gp.get("scoring_func") is None:
         sig_variant = "grouped_topk(softmax only)"
-    elif "routed_scaling_factor" in gparams:
+    elif gp.get("routed_scaling_factor") is not None:
         sig_variant = "grouped_topk(scoring_func, routed_scaling_factor)"
     else:
         sig_variant = "grouped_topk(scoring_func)"
 
-    def impl(hidden_states, router_logits, top_k, renormalize, scoring, use_grouped, num_expert_group, topk_group,
-             bias, routed_scaling_factor, custom_routing_function) -> TopK:
-        if custom_routing_function is not None:
-            w, ids = custom_routing_function(hidden_states=hidden_states, gating_output=router_logits, topk=top_k,
-                                             renormalize=renormalize)
-            return TopK(w.to(torch.float32), ids.to(torch.int32))
-        rsf = routed_scaling_factor if routed_scaling_factor is not None else 1.0
-        if not use_grouped and bias is None and scoring is ScoringFunc.SOFTMAX and router_logits.is_cuda:
-            out = fused_topk(hidden_states, router_logits, top_k, renormalize)
-            w, ids = out[0], out[1]
-            if rsf != 1.0:
+    def bind(call: RoutingCall) -> Callable[[torch.Tensor, torch.Tensor], TopK]:
+        top_k, renormalize, scoring, bias = call.top_k, call.renormalize, call.scoring_func, call.e_score_correction_bias
+        rsf = call.routed_scaling_factor if call.routed_scaling_factor is not None else 1.0
+        custom = call.custom_routing_function
+        # One group of all experts when the caller did not ask for groups.
+        groups, tgroup = (call.num_expert_group, call.topk_group) if call.use_grouped_topk else (1, 1)
+        plain = not call.use_grouped_topk and bias is None and scoring is ScoringFunc.SOFTMAX
+        forms: dict[bool, tuple[Any, dict[str, Any], bool]] = {}
+
+        def form(on_cuda: bool) -> tuple[Any, dict[str, Any], bool]:
+            """(grouped top-k function, its keywords, whether it applies routed_scaling_factor)."""
+            g, p = (grouped_topk, gp) if on_cuda else (cpu_grouped, cp)
+            if p.get("scoring_func") is None and scoring is not ScoringFunc.SOFTMAX:
+                raise engine.unsupported("sigmoid scoring", engine.available_in("grouped_topk.scoring_func"))
+            if bias is not None and (p.get("e_score_correction_bias") is None or (g is grouped_topk and biased_groups_by_max)):
+                raise engine.unsupported(
+                    "e_score_correction_bias with DeepSeek-V3 semantics", engine.range(DEEPSEEK_BIAS),
+                    detail="vLLM 0.6 adds the bias to the returned weights and ranks groups by their max")
+            kw: dict[str, Any] = {p["num_expert_group"]: groups, p["topk_group"]: tgroup}
+            if p.get("scoring_func") is not None:
+                kw[p["scoring_func"]] = scoring.value
+            if bias is not None:
+                kw[p["e_score_correction_bias"]] = bias
+            applied = p.get("routed_scaling_factor") is not None
+            if applied:
+                kw[p["routed_scaling_factor"]] = rsf
+            return g, kw, applied
+
+        def run(hidden_states: torch.Tensor, router_logits: torch.Tensor) -> TopK:
+            if custom is not None:
+                # moecompat's documented form (what the reference calls), not vLLM's keyword names.
+                w, ids = custom(hidden_states, router_logits, top_k, renormalize)
+                return TopK(w.to(torch.float32), ids.to(torch.int32))
+            on_cuda = router_logits.is_cuda
+            if plain and on_cuda:
+                out = fused_topk(hidden_states, router_logits, top_k, renormalize)
+                w, ids, applied = out[0], out[1], False
+            else:
+                f = forms.get(on_cuda)
+                if f is None:
+                    f = forms[on_cuda] = form(on_cuda)
+                g, kw, applied = f
+                w, ids = g(hidden_states, router_logits, top_k, renormalize, **kw)
+            if not applied and rsf != 1.0:
                 w = w * rsf
             return TopK(w.to(torch.float32), ids.to(torch.int32))
-        # Grouped, biased or sigmoid routing: vLLM's grouped_topk (one group of all experts
-        # when the caller did not ask for groups).
-        g = grouped_topk if router_logits.is_cuda or cpu_grouped is None else cpu_grouped
-        groups, tgroup = (num_expert_group, topk_group) if use_grouped else (1, 1)
-        if g is grouped_topk and "scoring_func" not in gparams and scoring is not ScoringFunc.SOFTMAX:
-            raise engine.unsupported("sigmoid scoring", ">=0.6.5")
-        if bias is not None and g is grouped_topk and (
-                "e_score_correction_bias" not in gparams or biased_groups_by_max):
-            raise engine.unsupported(
-                "e_score_correction_bias with DeepSeek-V3 semantics", ">=0.7",
-                detail="vLLM 0.6 adds the bias to the returned weights and ranks groups by their max")
-        kw: dict[str, Any] = {"num_expert_group": groups, "topk_group": tgroup}
-        if "scoring_func" in gparams or g is not grouped_topk:
-            kw["scoring_func"] = scoring.value
-        if bias is not None:
-            kw["e_score_correction_bias"] = bias
-        applied_rsf = "routed_scaling_factor" in gparams or g is not grouped_topk
-        if applied_rsf:
-            kw["routed_scaling_factor"] = rsf
-        w, ids = g(hidden_states, router_logits, top_k, renormalize, **kw)
-        if not applied_rsf and rsf != 1.0:
-            w = w * rsf
-        return TopK(w.to(torch.float32), ids.to(torch.int32))
 
-    return engine.ok("select_experts", impl, grouped_topk, sig_variant)
+        return run
+
+    return engine.ok("select_experts", bind, grouped_topk, sig_variant)
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,70 +558,66 @@ def _build_select_experts(engine: Engine) -> Resolution:
 
 @ENGINE.adapter("moe_align_block_size")
 def _build_align(engine: Engine) -> Resolution:
-    _, fn = engine.find([Location(f"{FM}.moe_align_block_size", "moe_align_block_size", ">=0.8"),
-                         Location(FMM, "moe_align_block_size", "<0.8")], accept=_not_placeholder)
-    params = frozenset(inspect.signature(fn).parameters)
+    fact, fn = engine.find("moe_align_block_size", accept=_not_placeholder)
+    p = engine.params(fact, fn)
 
-    def impl(topk_ids, block_size, num_experts, expert_map, pad_sorted_ids):
+    def impl(topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: torch.Tensor | None,
+             pad_sorted_ids: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         kw: dict[str, Any] = {}
-        if expert_map is not None:
-            if "expert_map" not in params:
-                raise engine.unsupported("moe_align_block_size with expert_map", _range("moe_align_block_size module (expert_map, pad_sorted_ids)"))
-            kw["expert_map"] = expert_map
-        if pad_sorted_ids:
-            if "pad_sorted_ids" not in params:
-                raise engine.unsupported("moe_align_block_size with pad_sorted_ids", _range("moe_align_block_size module (expert_map, pad_sorted_ids)"))
-            kw["pad_sorted_ids"] = True
+        for alias, value, on in (("expert_map", expert_map, expert_map is not None), ("pad_sorted_ids", True, pad_sorted_ids)):
+            if on:
+                if p.get(alias) is None:
+                    raise engine.unsupported(f"moe_align_block_size with {alias}",
+                                             engine.available_in(f"moe_align_block_size.{alias}"))
+                kw[p[alias]] = value
         out = fn(topk_ids, block_size, num_experts, **kw)
         return out[0], out[1], out[2]
 
-    return engine.ok("moe_align_block_size", impl, fn, "with expert_map" if "expert_map" in params else "basic")
+    return engine.ok("moe_align_block_size", impl, fn, "with expert_map" if p.get("expert_map") else "basic")
 
 
 @ENGINE.adapter("get_config_dtype_str")
 def _build_dtype_str(engine: Engine) -> Resolution:
-    loc, fn = engine.find([Location(f"{FM}.config", "_get_config_dtype_str", ">=0.11"),
-                           Location(FMM, "get_config_dtype_str", "<0.11")])
-    params = frozenset(inspect.signature(fn).parameters)
+    fact, fn = engine.find("config_dtype_str")
+    p = engine.params(fact, fn)
 
-    def impl(dtype, use_fp8_w8a8, use_int8_w8a16, use_int4_w4a16, ocp_mx_scheme):
-        kw: dict[str, Any] = {"use_fp8_w8a8": use_fp8_w8a8, "use_int8_w8a16": use_int8_w8a16}
+    def impl(dtype: torch.dtype, use_fp8_w8a8: bool, use_int8_w8a16: bool, use_int4_w4a16: bool,
+             ocp_mx_scheme: str | None) -> str | None:
+        kw: dict[str, Any] = {p["use_fp8_w8a8"]: use_fp8_w8a8, p["use_int8_w8a16"]: use_int8_w8a16}
         if use_int4_w4a16:
-            if "use_int4_w4a16" not in params:
-                raise engine.unsupported("int4_w4a16 config names", ">=0.7")
-            kw["use_int4_w4a16"] = True
+            if p.get("use_int4_w4a16") is None:
+                raise engine.unsupported("int4_w4a16 config names", engine.available_in("config_dtype_str.use_int4_w4a16"))
+            kw[p["use_int4_w4a16"]] = True
         if ocp_mx_scheme is not None:
-            if "ocp_mx_scheme" in params:
-                kw["ocp_mx_scheme"] = ocp_mx_scheme
-            elif "use_mxfp4_w4a4" in params and ocp_mx_scheme == "w_mxfp4_a_mxfp4":
-                kw["use_mxfp4_w4a4"] = True
+            if p.get("ocp_mx_scheme") is not None:
+                kw[p["ocp_mx_scheme"]] = ocp_mx_scheme
+            elif p.get("use_mxfp4_w4a4") is not None and ocp_mx_scheme == "w_mxfp4_a_mxfp4":
+                kw[p["use_mxfp4_w4a4"]] = True
             else:
-                raise engine.unsupported(f"OCP MX scheme {ocp_mx_scheme!r} in config names", ">=0.11")
+                raise engine.unsupported(f"OCP MX scheme {ocp_mx_scheme!r} in config names",
+                                         engine.available_in("config_dtype_str.ocp_mx_scheme"))
         return fn(dtype, **kw)
 
-    return engine.ok("get_config_dtype_str", impl, fn, "ocp_mx_scheme" if "ocp_mx_scheme" in params else "flags")
+    return engine.ok("get_config_dtype_str", impl, fn, "ocp_mx_scheme" if p.get("ocp_mx_scheme") else "flags")
 
 
 @ENGINE.adapter("make_expert_map")
 def _build_expert_map(engine: Engine) -> Resolution:
-    try:
-        _, fn = engine.find([Location(f"{FM}.expert_map_manager", "determine_expert_map", ">=0.22"),
-                             Location(f"{FM}.layer", "determine_expert_map", ">=0.8,<0.22")])
-    except LookupError as exc:
-        raise engine.unsupported("make_expert_map (determine_expert_map)", ">=0.8", detail=str(exc)) from None
-    has_strategy = "expert_placement_strategy" in inspect.signature(fn).parameters
+    fact, fn = engine.need("determine_expert_map", "make_expert_map (determine_expert_map)")
+    strategy = engine.params(fact, fn).get("expert_placement_strategy")
 
-    def impl(ep_size, ep_rank, global_num_experts, placement):
-        if placement != "linear" and not has_strategy:
-            raise engine.unsupported(f"{placement} expert placement", ">=0.11")
-        kw = {"expert_placement_strategy": placement} if has_strategy else {}
+    def impl(ep_size: int, ep_rank: int, global_num_experts: int, placement: str) -> tuple[int, torch.Tensor]:
+        if placement != "linear" and strategy is None:
+            raise engine.unsupported(f"{placement} expert placement",
+                                     engine.available_in("determine_expert_map.expert_placement_strategy"))
+        kw = {strategy: placement} if strategy is not None else {}
         out = fn(ep_size, ep_rank, global_num_experts, **kw)
         local, emap = out[0], out[1]
         if emap is None:  # ep_size == 1: every expert is local
             emap = torch.arange(global_num_experts, dtype=torch.int32)
         return int(local), emap
 
-    return engine.ok("make_expert_map", impl, fn, "placement" if has_strategy else "linear-only")
+    return engine.ok("make_expert_map", impl, fn, "placement" if strategy else "linear-only")
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,92 +626,124 @@ def _build_expert_map(engine: Engine) -> Resolution:
 
 @ENGINE.adapter("get_config_file_name")
 def _build_config_file_name(engine: Engine) -> Resolution:
-    _, fn = engine.find([Location(FMM, "get_config_file_name", ">=0.6")])
-    has_block = "block_shape" in inspect.signature(fn).parameters
+    fact, fn = engine.find("get_config_file_name")
+    block = engine.params(fact, fn).get("block_shape")
 
-    def impl(E, N, dtype_str, block_shape, per_channel_quant=False, down_moe=False):
+    def impl(E: int, N: int, dtype_str: str | None, block_shape: list[int] | None, per_channel_quant: bool = False,
+             down_moe: bool = False) -> str:
         if down_moe:
             raise engine.unsupported("separate down-projection configs (down_moe)", detail="an SGLang feature")
-        if block_shape and not has_block:
-            raise engine.unsupported("block-quantized config names", _range("get_config_file_name: block_shape"))
-        return fn(E, N, dtype_str, list(block_shape) if block_shape else None) if has_block else fn(E, N, dtype_str)
+        if per_channel_quant:
+            raise engine.unsupported("per-channel config names", detail="an SGLang feature")
+        if block_shape and block is None:
+            raise engine.unsupported("block-quantized config names", engine.available_in("get_config_file_name.block_shape"))
+        if block is None:
+            return fn(E, N, dtype_str)
+        return fn(E, N, dtype_str, **{block: list(block_shape) if block_shape else None})
 
-    return engine.ok("get_config_file_name", impl, fn, "block_shape" if has_block else "basic")
+    return engine.ok("get_config_file_name", impl, fn, "block_shape" if block else "basic")
 
 
 @ENGINE.adapter("tuned_config_location")
 def _build_config_location(engine: Engine) -> Resolution:
     import os
 
-    _, fmm = engine.find([Location(FMM, "get_moe_configs", ">=0.6")])
+    _, loader = engine.find("get_moe_configs")
+    env_name = "VLLM_TUNED_CONFIG_FOLDER"  # fact tuned_config_folder_env
 
     def impl(folder: str | None) -> tuple[str, dict[str, str]]:
         """(folder the file must be written to, environment variables the engine must see)."""
         if folder is None:
-            return os.path.join(os.path.dirname(os.path.realpath(fmm.__code__.co_filename)), "configs"), {}
-        return folder, {"VLLM_TUNED_CONFIG_FOLDER": folder}
+            return os.path.join(os.path.dirname(os.path.realpath(loader.__code__.co_filename)), "configs"), {}
+        return folder, {env_name: folder}
 
-    return engine.ok("tuned_config_location", impl, fmm, "VLLM_TUNED_CONFIG_FOLDER")
+    return engine.ok("tuned_config_location", impl, loader, env_name)
 
 
 @ENGINE.adapter("get_moe_configs")
 def _build_get_moe_configs(engine: Engine) -> Resolution:
-    _, fn = engine.find([Location(FMM, "get_moe_configs", ">=0.6")])
-    has_block = "block_n" in inspect.signature(fn).parameters
+    fact, fn = engine.find("get_moe_configs")
+    p = engine.params(fact, fn)
 
-    def impl(E, N, dtype_str, block_shape, per_channel_quant=False):
+    def impl(E: int, N: int, dtype_str: str | None, block_shape: list[int] | None, per_channel_quant: bool = False) -> Any:
         getattr(fn, "cache_clear", lambda: None)()  # lru_cached in vLLM; a new file must be seen
-        if block_shape and has_block:
-            return fn(E, N, dtype_str, block_shape[0], block_shape[1])
+        if block_shape and p.get("block_n") is not None:
+            return fn(E, N, dtype_str, **{p["block_n"]: block_shape[0], p["block_k"]: block_shape[1]})
         return fn(E, N, dtype_str)
 
-    return engine.ok("get_moe_configs", impl, fn, "block" if has_block else "basic")
+    return engine.ok("get_moe_configs", impl, fn, "block" if p.get("block_n") else "basic")
+
+
+@ENGINE.adapter("default_config")
+def _build_default_config(engine: Engine) -> Resolution:
+    fact, fn = engine.find("get_default_config")
+    p = engine.params(fact, fn)
+
+    def impl(batch_size: int, num_experts: int, n: int, k: int, top_k: int, dtype_str: str | None,
+             block_shape: list[int] | None) -> dict[str, int] | None:
+        kw: dict[str, Any] = {}
+        if p.get("block_shape") is not None:
+            kw[p["block_shape"]] = list(block_shape) if block_shape else None
+        if p.get("is_marlin") is not None:
+            kw[p["is_marlin"]] = False
+        return fn(batch_size, num_experts, n, k, top_k, dtype_str, **kw)
+
+    return engine.ok("default_config", impl, fn, "block_shape" if p.get("block_shape") else "basic")
 
 
 @ENGINE.adapter("override_config")
 def _build_override(engine: Engine) -> Resolution:
-    loc, fn = engine.find([Location(FMM, "override_config", ">=0.6"), Location(FM, "override_config", ">=0.6")])
-    import contextlib
+    fact, fn = engine.find("override_config")
+    state = importlib.import_module(engine.fact("override_state").location.module)
+    attr = engine.fact("override_state").location.qualname
+    return engine.ok("override_config", restoring_override(fn, state, attr), fn, "module state")
 
-    fmm = importlib.import_module(FMM)  # not `import ... as`: the package shadows the submodule
 
-    @contextlib.contextmanager
-    def impl(config: dict[str, int]):
-        # vLLM's override_config has no try/finally: a kernel that fails inside it (e.g. Triton
-        # OutOfResources) would leave the override in force. Restore the module state ourselves.
-        previous = getattr(fmm, "_config", None)
-        try:
-            with fn(config):
-                yield
-        finally:
-            fmm._config = previous  # type: ignore[attr-defined]
+@ENGINE.adapter("routing_hooks")
+def _build_routing_hooks(engine: Engine) -> Resolution:
+    """Where vLLM's MoE layers look up their routing, for ``ExpertActivationTracker.record_engine``:
+    the router base class's template method (>= 0.20), else the layer's ``select_experts``, plus
+    the CPU layers' module-level ``select_experts``."""
 
-    return engine.ok("override_config", impl, fn, "module _config")
+    def impl() -> list[tuple[Any, str]]:
+        out = []
+        for symbol in ("routing_hook", "cpu_select"):
+            try:
+                fact, _ = engine.find(symbol)
+            except LookupError:
+                continue
+            loc = fact.location
+            owner: Any = importlib.import_module(loc.module)
+            *parents, attr = loc.qualname.split(".")
+            for part in parents:
+                owner = getattr(owner, part)
+            out.append((owner, attr))
+        return out
+
+    return engine.ok("routing_hooks", impl, "vllm routing functions", "hooks")
 
 
 # --------------------------------------------------------------------------------------------
-# MXFP4 backend oracle (PR #37128 moved it from quantization/mxfp4.py to fused_moe/oracle/)
-
-_MX_ENUMS = (Location(f"{FM}.oracle.mxfp4", "Mxfp4MoeBackend", ">=0.19"),
-             Location("vllm.model_executor.layers.quantization.mxfp4", "Mxfp4Backend", ">=0.10,<0.19"))
+# MXFP4 backend oracle
 
 
 @ENGINE.adapter("moe_layer_config")
 def _build_moe_layer_config(engine: Engine) -> Resolution:
     """vLLM's per-layer ``FusedMoEConfig`` (>= 0.17, where ``MoEActivation`` exists) from a
-    :class:`moecompat.mxfp4.MoELayerSpec`. Its
-    required fields drift (``intermediate_size_per_partition`` -> ``intermediate_size`` at 0.24,
-    new defaulted fields most releases): the keyword set is bound to the installed dataclass."""
-    _, cls = engine.find([Location(f"{FM}.config", "FusedMoEConfig", ">=0.17")])
-    _, parallel_cls = engine.find([Location(f"{FM}.config", "FusedMoEParallelConfig", ">=0.17")])
-    _, activation_enum = engine.find([Location(f"{FM}.activation", "MoEActivation", ">=0.17")])
-    _, routing_enum = engine.find([Location(f"{FM}.config", "RoutingMethodType", ">=0.17")])
-    sig = inspect.signature(cls)
-    size_field = "intermediate_size" if "intermediate_size" in sig.parameters else "intermediate_size_per_partition"
-    routing_by_name = {m.name.lower(): m for m in routing_enum}
+    ``moecompat.mxfp4.MoELayerSpec``. Its required fields drift (``intermediate_size_per_partition``
+    -> ``intermediate_size`` at 0.24, new defaulted fields most releases): the keywords come from
+    the parameter facts of the installed dataclass."""
+    _, activation_enum = engine.find("MoEActivation")
+    fact, cls = engine.find("FusedMoEConfig")
+    _, parallel_cls = engine.find("FusedMoEParallelConfig")
+    _, routing_enum = engine.find("RoutingMethodType")
+    make_no_parallel = engine.requires("make_no_parallel", "a single-rank FusedMoEParallelConfig")
+    p = engine.params(fact, cls)
+    routing_by_name = {m.name.replace("_", "").lower(): m for m in routing_enum}
     activation_by_value = {m.value: m for m in activation_enum}
+    del parallel_cls
 
-    def impl(layer, with_lora_support, device=None):
+    def impl(layer: Any, with_lora_support: bool, device: Any = None) -> Any:
         if device is None:
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         activation = activation_by_value.get(layer.activation)
@@ -592,96 +754,88 @@ def _build_moe_layer_config(engine: Engine) -> Resolution:
         if routing is None:
             raise engine.unsupported(f"routing {layer.routing!r} in FusedMoEConfig",
                                      detail=f"RoutingMethodType has {[m.name for m in routing_enum]}")
-        bound = sig.bind_partial(
-            num_experts=layer.num_experts, experts_per_token=layer.top_k, hidden_dim=layer.hidden_size,
-            num_local_experts=layer.num_experts, num_logical_experts=layer.num_experts, activation=activation,
-            device=device, routing_method=routing, moe_parallel_config=parallel_cls.make_no_parallel(),
-            in_dtype=layer.dtype, has_bias=layer.has_bias, is_lora_enabled=with_lora_support,
-            **{size_field: layer.intermediate_size})
-        return cls(*bound.args, **bound.kwargs)
+        values = dict(num_experts=layer.num_experts, experts_per_token=layer.top_k, hidden_dim=layer.hidden_size,
+                      num_local_experts=layer.num_experts, num_logical_experts=layer.num_experts, activation=activation,
+                      device=device, routing_method=routing, moe_parallel_config=make_no_parallel(),
+                      in_dtype=layer.dtype, has_bias=layer.has_bias, is_lora_enabled=with_lora_support,
+                      intermediate_size=layer.intermediate_size)
+        return cls(**{p[k]: v for k, v in values.items() if p.get(k) is not None})
 
-    return engine.ok("moe_layer_config", impl, cls, size_field)
+    return engine.ok("moe_layer_config", impl, cls, p["intermediate_size"])
 
 
 @ENGINE.adapter("select_mxfp4_backend")
 def _build_select_mxfp4(engine: Engine) -> Resolution:
-    from .. import mxfp4 as mx
+    if not engine.holds("select_mxfp4_moe_backend") and engine.holds("get_mxfp4_backend"):
+        fact, legacy = engine.find("get_mxfp4_backend")
+        lora = engine.params(fact, legacy).get("with_lora_support")
 
-    try:
-        _, oracle = engine.find([Location(f"{FM}.oracle.mxfp4", "select_mxfp4_moe_backend", ">=0.19")])
-    except LookupError:
-        oracle = None
-    if oracle is not None:
-        takes_key = "activation_key" in inspect.signature(oracle).parameters
-        build_config = engine.resolve("moe_layer_config")
-        if build_config.status != "ok":
-            assert build_config.error is not None
-            raise build_config.error
+        def impl_legacy(with_lora_support: bool, moe_config: Any, layer: Any) -> Mxfp4Backend:
+            return mxfp4_from_engine(legacy(**{lora: with_lora_support}) if lora else legacy())
 
-        _, config_or_none = engine.find([Location("vllm.config", "get_current_vllm_config_or_none", ">=0.19")])
-        _, set_config = engine.find([Location("vllm.config", "set_current_vllm_config", ">=0.19")])
-        _, vllm_config_cls = engine.find([Location("vllm.config", "VllmConfig", ">=0.19")])
-        _, model_config_cls = engine.find([Location("vllm.config", "ModelConfig", ">=0.19")])
-        model_config_sig = inspect.signature(model_config_cls)
-        default_configs: dict[Any, Any] = {}
+        return engine.ok("select_mxfp4_backend", impl_legacy, legacy, "get_mxfp4_backend")
+    fact, oracle = engine.find("select_mxfp4_moe_backend")
+    takes_key = engine.params(fact, oracle).get("activation_key") is not None
+    build_config = engine.resolve("moe_layer_config")
+    if build_config.status != "ok":
+        assert build_config.error is not None
+        raise build_config.error
+    _, config_or_none = engine.find("get_current_vllm_config_or_none")
+    _, set_config = engine.find("set_current_vllm_config")
+    _, vllm_config_cls = engine.find("VllmConfig")
+    mfact, model_config_cls = engine.find("ModelConfig")
+    mp = engine.params(mfact, model_config_cls)
+    _, platform = engine.find("current_platform")
+    default_configs: dict[Any, Any] = {}
 
-        def deployment_config(layer):
-            # The oracle (>= 0.22) and the kernels' support checks read the current VllmConfig
-            # (e.g. the user's MoE activation override in model_config.quantization_config):
-            # outside a live model, vLLM's defaults for a gpt-oss model of this layer's shape,
-            # built from a local config.json, as `vllm serve <dir>` would.
-            if layer not in default_configs:
-                model_dir = _gpt_oss_model_dir(layer)
-                bound = model_config_sig.bind_partial(model=model_dir, tokenizer=model_dir, skip_tokenizer_init=True,
-                                                      dtype=str(layer.dtype).removeprefix("torch."))
-                try:
-                    model_config = model_config_cls(*bound.args, **bound.kwargs)
-                except Exception as exc:  # not a kernel: vLLM validating a model it must import
-                    raise EngineImportError(
-                        "vllm", engine.version_str(), "select_mxfp4_backend outside a vLLM model",
-                        detail="vLLM's ModelConfig for a gpt-oss layer failed (it imports vLLM's gpt-oss "
-                               "model module and its attention backends); call it inside your own "
-                               "set_current_vllm_config(...) or a running vLLM model", cause=exc) from exc
-                default_configs[layer] = vllm_config_cls(model_config=model_config)
-            return default_configs[layer]
-
-        platforms = importlib.import_module("vllm.platforms")
-
-        def impl_oracle(with_lora_support, moe_config, layer):
-            if platforms.current_platform.is_unspecified():
-                # No device vLLM can run on (e.g. a CUDA wheel on a GPU-less host): vLLM cannot
-                # build a VllmConfig, let alone an MXFP4 layer. get_mxfp4_backend (< 0.19) and
-                # the reference table answer NONE there; so does moecompat on the oracle versions.
-                return mx.Mxfp4Backend.NONE
-            if moe_config is None:
-                moe_config = build_config.impl(layer, with_lora_support)
+    def deployment_config(layer: Any) -> Any:
+        # The oracle (>= 0.22) and the kernels' support checks read the current VllmConfig
+        # (e.g. the user's MoE activation override in model_config.quantization_config):
+        # outside a live model, vLLM's defaults for a gpt-oss model of this layer's shape,
+        # built from a local config.json, as `vllm serve <dir>` would.
+        if layer not in default_configs:
+            model_dir = _gpt_oss_model_dir(layer)
+            values = dict(model=model_dir, tokenizer=model_dir, skip_tokenizer_init=True,
+                          dtype=str(layer.dtype).removeprefix("torch."))
             try:
-                if config_or_none() is not None:  # inside the caller's own vLLM config (a live model)
+                model_config = model_config_cls(**{mp[k]: v for k, v in values.items() if mp.get(k) is not None})
+            except Exception as exc:  # not a kernel: vLLM validating a model it must import
+                raise EngineImportError(
+                    "vllm", engine.version_str(), "select_mxfp4_backend outside a vLLM model",
+                    detail="vLLM's ModelConfig for a gpt-oss layer failed (it imports vLLM's gpt-oss "
+                           "model module and its attention backends); call it inside your own "
+                           "set_current_vllm_config(...) or a running vLLM model", cause=exc) from exc
+            default_configs[layer] = vllm_config_cls(model_config=model_config)
+        return default_configs[layer]
+
+    def impl_oracle(with_lora_support: bool, moe_config: Any, layer: Any) -> Mxfp4Backend:
+        if platform.is_unspecified():
+            # No device vLLM can run on (e.g. a CUDA wheel on a GPU-less host): vLLM cannot
+            # build a VllmConfig, let alone an MXFP4 layer. get_mxfp4_backend (< 0.19) and
+            # the reference table answer NONE there; so does moecompat on the oracle versions.
+            return Mxfp4Backend.NONE
+        if moe_config is None:
+            moe_config = build_config.impl(layer, with_lora_support)
+        try:
+            if config_or_none() is not None:  # inside the caller's own vLLM config (a live model)
+                out = oracle(moe_config)
+            else:
+                with set_config(deployment_config(layer)):
                     out = oracle(moe_config)
-                else:
-                    with set_config(deployment_config(layer)):
-                        out = oracle(moe_config)
-            except (NotImplementedError, ValueError) as exc:
-                # The oracle's refusals: "No MXFP4 MoE backend supports the deployment
-                # configuration" (nothing fits) and "Mxfp4 MoE backend 'X' does not support the
-                # deployment configuration" (the platform's only or the requested backend does
-                # not fit). get_mxfp4_backend answered NONE there before 0.19: so does moecompat,
-                # with vLLM's reasons in the log. Any other error is a real one and surfaces.
-                if "deployment configuration" not in str(exc):
-                    raise
-                _log.info("vLLM's MXFP4 oracle found no backend: %s", exc)
-                return mx.Mxfp4Backend.NONE
-            member = out[0] if isinstance(out, tuple) else out
-            return mx.from_engine(member)
+        except (NotImplementedError, ValueError) as exc:
+            # The oracle's refusals: "No MXFP4 MoE backend supports the deployment
+            # configuration" (nothing fits) and "Mxfp4 MoE backend 'X' does not support the
+            # deployment configuration" (the platform's only or the requested backend does
+            # not fit). get_mxfp4_backend answered NONE there before 0.19: so does moecompat,
+            # with vLLM's reasons in the log. Any other error is a real one and surfaces.
+            if "deployment configuration" not in str(exc):
+                raise
+            _log.info("vLLM's MXFP4 oracle found no backend: %s", exc)
+            return Mxfp4Backend.NONE
+        member = out[0] if isinstance(out, tuple) else out
+        return mxfp4_from_engine(member)
 
-        return engine.ok("select_mxfp4_backend", impl_oracle, oracle, "oracle+activation_key" if takes_key else "oracle")
-    _, legacy = engine.find([Location("vllm.model_executor.layers.quantization.mxfp4", "get_mxfp4_backend", ">=0.10,<0.19")])
-    takes_lora = "with_lora_support" in inspect.signature(legacy).parameters
-
-    def impl_legacy(with_lora_support, moe_config, layer):
-        return mx.from_engine(legacy(with_lora_support) if takes_lora else legacy())
-
-    return engine.ok("select_mxfp4_backend", impl_legacy, legacy, "get_mxfp4_backend")
+    return engine.ok("select_mxfp4_backend", impl_oracle, oracle, "oracle+activation_key" if takes_key else "oracle")
 
 
 def _gpt_oss_model_dir(layer: Any) -> str:
@@ -708,15 +862,12 @@ def _gpt_oss_model_dir(layer: Any) -> str:
 
 @ENGINE.adapter("mxfp4_round_up")
 def _build_mxfp4_round_up(engine: Engine) -> Resolution:
-    from .. import mxfp4 as mx
+    fact, fn = engine.find("mxfp4_round_up")
+    _, enum_cls = engine.find("mxfp4_enum")
+    takes_activation = engine.params(fact, fn).get("activation") is not None
 
-    _, fn = engine.find([Location(f"{FM}.oracle.mxfp4", "mxfp4_round_up_hidden_size_and_intermediate_size", ">=0.19")])
-    _, enum_cls = engine.find(_MX_ENUMS)
-    takes_activation = "activation" in inspect.signature(fn).parameters
-
-    def impl(backend, hidden_size, intermediate_size):
-        member = mx.to_engine(backend, enum_cls)
-        out = fn(member, hidden_size, intermediate_size)
+    def impl(backend: Mxfp4Backend, hidden_size: int, intermediate_size: int) -> tuple[int, int]:
+        out = fn(mxfp4_to_engine(backend, enum_cls), hidden_size, intermediate_size)
         return int(out[0]), int(out[1])
 
     return engine.ok("mxfp4_round_up", impl, fn, "with activation" if takes_activation else "basic")
@@ -724,24 +875,36 @@ def _build_mxfp4_round_up(engine: Engine) -> Resolution:
 
 @ENGINE.adapter("mxfp4_convert")
 def _build_mxfp4_convert(engine: Engine) -> Resolution:
-    from .. import mxfp4 as mx
-
     # moecompat's MXFP4 layout is gpt-oss's (w13 rows gate/up interleaved for swigluoai): its
     # converter, not the generic convert_weight_to_mxfp4_moe_kernel_format of >= 0.20, which
     # expects another checkpoint layout (checked on an H100: benchmarks/mxfp4_gpu.py).
-    loc, fn = engine.find([Location(f"{FM}.oracle.mxfp4", "convert_gpt_oss_weight_to_mxfp4_moe_kernel_format", ">=0.20"),
-                           Location(f"{FM}.oracle.mxfp4", "convert_to_mxfp4_moe_kernel_format", ">=0.19,<0.20")])
-    _, enum_cls = engine.find(_MX_ENUMS)
+    fact, fn = engine.find("mxfp4_convert")
+    _, enum_cls = engine.find("mxfp4_enum")
 
-    def impl(backend, layer, w13, w2, s13, s2, b13, b2):
-        return fn(mx.to_engine(backend, enum_cls), layer, w13, w2, s13, s2, b13, b2)
+    def impl(backend: Mxfp4Backend, layer: Any, w13: Any, w2: Any, s13: Any, s2: Any, b13: Any, b2: Any) -> Any:
+        return fn(mxfp4_to_engine(backend, enum_cls), layer, w13, w2, s13, s2, b13, b2)
 
-    return engine.ok("mxfp4_convert", impl, fn, loc.qualname)
+    return engine.ok("mxfp4_convert", impl, fn, fact.location.qualname)
 
 
 @ENGINE.adapter("ep_moe_layer_class")
 def _build_ep_layer(engine: Engine) -> Resolution:
     """vLLM has one MoE layer that handles expert parallelism itself (FusedMoE; built by
     FusedMoEFactory from 0.27)."""
-    loc, cls = engine.find([Location(f"{FM}.layer", "FusedMoEFactory", ">=0.27"), Location(f"{FM}.layer", "FusedMoE", ">=0.6,<0.27")])
-    return engine.ok("ep_moe_layer_class", lambda quant_config=None: cls, cls, loc.qualname)
+    fact, cls = engine.find("ep_layer")
+    return engine.ok("ep_moe_layer_class", lambda quant_config=None: cls, cls, fact.location.qualname)
+
+
+def supports_expert_map_by_name(cls: type) -> bool | None:
+    """The answer of vLLM 0.22 (the last release with ``supports_expert_map``) for a class,
+    by its name and bases; ``None`` when it declared nothing."""
+    for klass in cls.__mro__:
+        if klass.__name__ in HONOURS_EXPERT_MAP:
+            return True
+        if klass.__name__ in IGNORES_EXPERT_MAP:
+            return False
+    return None
+
+
+__all__ = ["ENGINE", "FACTS", "IGNORES_EXPERT_MAP", "MXFP4_MARLIN_ENV", "MXFP4_MEMBERS", "mxfp4_from_engine",
+           "mxfp4_to_engine", "supports_expert_map_by_name"]

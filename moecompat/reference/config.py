@@ -80,6 +80,12 @@ def get_moe_configs(E: int, N: int, dtype_str: str | None, block_shape: list[int
     return None
 
 
+def default_config(batch_size: int, num_experts: int, n: int, k: int, top_k: int, dtype_str: str | None,
+                   block_shape: list[int] | None) -> None:
+    """The reference backend runs no Triton kernel, so it has no default config."""
+    return None
+
+
 def tuned_config_location(folder: str | None) -> tuple[str, dict[str, str]]:
     import os
 

@@ -118,9 +118,15 @@ def fused_experts(
 
     flat_ids = topk_ids.reshape(-1).long()
     if expert_map is not None:
-        flat_ids = expert_map.long()[flat_ids]
-    # Slots routed to experts not on this rank sort last, into a dummy group that is dropped.
-    valid = flat_ids >= 0
+        # Never index out of bounds, even with ids the checks did not see (CUDA outside debug
+        # mode): an id outside the map, or a map entry outside this rank's experts, is a slot
+        # that contributes zero.
+        n_map = expert_map.shape[0]
+        in_map = (flat_ids >= 0) & (flat_ids < n_map)
+        flat_ids = torch.where(in_map, expert_map.long()[flat_ids.clamp(0, max(n_map - 1, 0))], -1)
+    # Slots routed to experts not on this rank (or to no valid expert) sort last, into a dummy
+    # group that is dropped.
+    valid = (flat_ids >= 0) & (flat_ids < num_local)
     flat_ids = torch.where(valid, flat_ids, num_local)
     order = torch.argsort(flat_ids, stable=True)
     # bincount would read the maximum back to the host; a scatter-add keeps the GPU asynchronous.
@@ -135,10 +141,10 @@ def fused_experts(
     x = x.to(compute)
     sorted_valid = valid[order]
     inter = grouped_matmul(x, w1c, counts)
-    if expert_map is not None:
-        # Kernels write zeros for slots of experts not on this rank; the rows grouped_matmul
-        # leaves unspecified must not reach a per-tensor activation scale.
-        inter = torch.where(sorted_valid[:, None], inter, 0)
+    # The dummy group's rows are left unspecified by grouped_matmul (uninitialised memory):
+    # zero them, as kernels write zeros for slots of experts not on this rank, so that they never
+    # reach a per-tensor activation scale or the output.
+    inter = torch.where(sorted_valid[:, None], inter, 0)
     if apply_router_weight_on_input:
         inter = (inter.float() * slot_weights[order, None]).to(inter.dtype)
     act = apply_activation(inter, activation)

@@ -289,7 +289,7 @@ def test_select_experts_matches_reference(gpu_engine, record, grouped, tokens):
 def test_tuned_config_file_is_picked_up_by_the_engine(gpu_engine, record, tmp_path, monkeypatch, dtype, block):
     """``moecompat tune`` writes the engine's own file name/format; the engine's loader finds it."""
     from moecompat.tune import write_engine_config
-    from moecompat.tuning import load_tuned_configs, tuned_config_location
+    from moecompat.tuning import get_moe_configs, tuned_config_location
 
     cfg = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 3}
     path, env = write_engine_config({1: cfg, 64: {**cfg, "BLOCK_SIZE_M": 32}}, 8, 14336, dtype, block, gpu_engine.name, str(tmp_path))
@@ -298,7 +298,7 @@ def test_tuned_config_file_is_picked_up_by_the_engine(gpu_engine, record, tmp_pa
     assert path.parent == __import__("pathlib").Path(tuned_config_location(str(tmp_path), gpu_engine.name)[0])
     from moecompat.tuning import config_dtype_str
 
-    found = load_tuned_configs(8, 14336, config_dtype_str(dtype, gpu_engine.name), block, backend=gpu_engine.name)
+    found = get_moe_configs(8, 14336, config_dtype_str(dtype, gpu_engine.name), block, backend=gpu_engine.name)
     record(test="tuned_config_pickup", variant=dtype, file=path.name, ok=bool(found) and found.get(1) == cfg)
     assert found is not None, f"{gpu_engine.name} did not load {path}"
     assert found[1] == cfg and found[64]["BLOCK_SIZE_M"] == 32

@@ -6,14 +6,13 @@ import json
 import resource
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 import moecompat as mc
 from moecompat import int4, quant
 from moecompat.loader import load_moe_weights
 from tests.oracle import naive_fused_experts, rel_err
-
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 E, H, I, G = 4, 256, 128, 64
 
@@ -82,19 +81,19 @@ def test_load_mixed_fp8_and_gptq(tmp_path, sharded):
 
 
 def test_yaml_mapping_and_same_precision(tmp_path):
-    yaml = pytest.importorskip("yaml")
+    import yaml
     gen = torch.Generator().manual_seed(1)
     tensors = {}
     for e in range(2):
         for n, shape in (("w1", (I, H)), ("w3", (I, H)), ("w2", (H, I))):
-            tensors[f"l.{e}.{n}.weight"] = torch.randn(*shape, generator=gen)
+            tensors[f"l.{e}.{n}.weight"] = torch.randn(*shape, generator=gen).bfloat16()
     safetensors_torch.save_file(tensors, str(tmp_path / "m.safetensors"))
     mp = {"num_experts": 2, "w13": {"precision": "bf16", "gate": "l.{expert}.w1", "up": "l.{expert}.w3"},
           "w2": {"precision": "bf16", "down": "l.{expert}.w2"}}
     (tmp_path / "map.yaml").write_text(yaml.safe_dump(mp))
     w1, w2, qc = load_moe_weights(tmp_path / "m.safetensors", tmp_path / "map.yaml")
     assert qc.scheme is None and w1.dtype == torch.bfloat16
-    torch.testing.assert_close(w1[1, :I].float(), tensors["l.1.w1.weight"].bfloat16().float())
+    torch.testing.assert_close(w1[1, :I].float(), tensors["l.1.w1.weight"].float())
 
 
 def test_errors(tmp_path):
@@ -106,7 +105,7 @@ def test_errors(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "model.safetensors").write_bytes(b"not a safetensors file at all")
-    with pytest.raises(mc.InvalidInputError, match="corrupt"):
+    with pytest.raises(mc.InvalidInputError, match="not a safetensors file"):
         load_moe_weights(bad, MAPPING)
     idx = tmp_path / "idx"
     idx.mkdir()
@@ -117,8 +116,8 @@ def test_errors(tmp_path):
 
 def test_mismatched_expert_shapes(tmp_path):
     gen = torch.Generator().manual_seed(2)
-    tensors = {f"l.{e}.{n}.weight": torch.randn(I + (e == 1), H, generator=gen) for e in range(2) for n in ("w1", "w3")}
-    tensors.update({f"l.{e}.w2.weight": torch.randn(H, I, generator=gen) for e in range(2)})
+    tensors = {f"l.{e}.{n}.weight": torch.randn(I + (e == 1), H, generator=gen).bfloat16() for e in range(2) for n in ("w1", "w3")}
+    tensors.update({f"l.{e}.w2.weight": torch.randn(H, I, generator=gen).bfloat16() for e in range(2)})
     safetensors_torch.save_file(tensors, str(tmp_path / "m.safetensors"))
     mp = {"num_experts": 2, "w13": {"precision": "bf16", "gate": "l.{expert}.w1", "up": "l.{expert}.w3"},
           "w2": {"precision": "bf16", "down": "l.{expert}.w2"}}

@@ -14,8 +14,15 @@ import pytest
 import torch
 
 import moecompat as mc
-from moecompat import backends
-from moecompat.adapters import REGISTRY, Location, Resolution, Variant, find_symbol, pick_variant
+from moecompat import _backends as backends
+from moecompat._adapters import (
+    REGISTRY,
+    Backend,
+    Location,
+    Variant,
+    find_symbol,
+    pick_variant,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -41,7 +48,7 @@ def test_pick_variant_uses_signature_bind():
     def old_api(x, w, inplace=False, use_fp8_w8a8=False):
         pass
 
-    variants = [Variant.of("new", 2, "quant_config", "activation"), Variant.of("old", 2, "inplace", "use_fp8_w8a8")]
+    variants = [Variant("new", 2, ("quant_config", "activation")), Variant("old", 2, ("inplace", "use_fp8_w8a8"))]
     assert pick_variant(new_api, variants).name == "new"
     assert pick_variant(old_api, variants).name == "old"
     assert pick_variant(lambda x: None, variants) is None
@@ -76,13 +83,15 @@ def test_resolution_is_cached_and_thread_safe():
 def test_type_error_inside_a_kernel_surfaces_unchanged():
     calls = []
 
-    def broken_kernel(*args):
-        calls.append(1)
-        raise TypeError("kernel bug: unexpected argument")
+    def bind(call):
+        def broken_kernel(*args):
+            calls.append(1)
+            raise TypeError("kernel bug: unexpected argument")
+        return broken_kernel
 
-    REGISTRY.register("broken", "fused_experts", lambda: Resolution("fused_experts", "broken", "ok", impl=broken_kernel))
-    old = backends._KNOWN_BACKENDS
-    backends._KNOWN_BACKENDS = (*old, "broken")
+    broken = Backend("broken")
+    broken.adapter("fused_experts")(lambda b: b.ok("fused_experts", bind, "t:broken", "t"))
+    backends.register_backend(broken)
     try:
         x = torch.randn(2, 8)
         with pytest.raises(TypeError, match="kernel bug"):
@@ -90,7 +99,7 @@ def test_type_error_inside_a_kernel_surfaces_unchanged():
                              torch.zeros(2, 1, dtype=torch.int32), backend="broken")
         assert calls == [1]  # called once: never retried
     finally:
-        backends._KNOWN_BACKENDS = old
+        backends.unregister_backend("broken")
 
 
 def test_unknown_entry_point_is_unsupported():
@@ -103,12 +112,19 @@ def test_unknown_entry_point_is_unsupported():
 def test_engine_not_installed_is_unsupported():
     from moecompat.engines import ENGINES
 
+    checked = 0
     for name, engine in ENGINES.items():
         if engine.version() is None:
+            checked += 1
             res = REGISTRY.resolution("fused_experts", name)
             assert res.status == "unsupported" and "not installed" in res.detail
-            with pytest.raises(mc.UnsupportedFeatureError, match=name):
+            with pytest.raises(mc.EngineNotInstalledError) as info:
                 mc.get_config_dtype_str(torch.float32, backend=name)
+            # The message says the engine is missing and that the reference backend works.
+            msg = str(info.value)
+            assert f"{name} is not installed" in msg and "backend='reference'" in msg and "pip install" in msg
+            assert isinstance(info.value, mc.UnsupportedFeatureError)
+    assert checked, "the unit suite runs with no engine installed"
 
 
 def _run(code: str, extra_path: str | None = None) -> subprocess.CompletedProcess:
@@ -184,8 +200,8 @@ def test_doctor_json_schema_without_engines():
         entry = rep["entry_points"][ep]
         assert "reference" in entry
         for r_ in entry.values():
-            assert set(r_) == {"status", "resolved", "variant", "detail"}
-            assert r_["status"] in ("ok", "unsupported", "error")
+            assert set(r_) == {"status", "resolved", "variant", "detail", "drift"}
+            assert r_["status"] in ("ok", "unsupported", "drift", "error")
 
 
 def test_doctor_text_runs():
