@@ -90,6 +90,9 @@ class Fact:
     kind: FactKind = "symbol"
     param: str = ""
     what: str = ""
+    #: False where the API snapshots (read with ``ast``) cannot see the symbol, e.g. a module
+    #: ``__getattr__``; such a fact is pinned by the engine matrix only.
+    static: bool = True
 
     def __post_init__(self) -> None:
         try:

@@ -64,7 +64,8 @@ FACTS: tuple[Fact, ...] = (
     Fact("select_experts", ">=0.4.7", f"{TOPK}:select_experts"),
     Fact("select_experts.top_k", "<0.5", f"{TOPK}:select_experts", "param", "top_k",
          what="select_experts(top_k, use_grouped_topk, ..., correction_bias, torch_native) -> (weights, ids)"),
-    *_params("select_experts", f"{TOPK}:select_experts", "<0.5", "hidden_states", "router_logits", *_FLAT_TOPK[1:]),
+    *_params("select_experts", f"{TOPK}:select_experts", ">=0.4.7", "hidden_states", "router_logits"),
+    *_params("select_experts", f"{TOPK}:select_experts", "<0.5", *_FLAT_TOPK[1:]),
     *_params("select_experts", f"{TOPK}:select_experts", "<0.5", "routed_scaling_factor"),
     Fact("select_experts.topk_config", ">=0.5", f"{TOPK}:select_experts", "param", "topk_config",
          what="select_experts(topk_config) with TopKConfig"),
@@ -73,14 +74,17 @@ FACTS: tuple[Fact, ...] = (
     Fact("TopKConfig.scoring_func", ">=0.5.6", f"{TOPK}:TopKConfig", "param", "scoring_func",
          what="TopKConfig.scoring_func (sigmoid without a bias)"),
     Fact(SIGMOID_NEEDS_BIAS, "<0.5.6", kind="behaviour"),
-    Fact("StandardTopKOutput", ">=0.4.9", f"{TOPK}:StandardTopKOutput"),
+    # The (topk_weights, topk_ids, router_logits) NamedTuple fused_experts takes: StandardTopKOutput;
+    # in 0.4.9.post3/post4 it was TopKOutput itself (later a Protocol of the output kinds).
+    Fact("topk_output@standard", ">=0.4.9.post5", f"{TOPK}:StandardTopKOutput", what="StandardTopKOutput"),
+    Fact("topk_output@named", ">=0.4.9.post3", f"{TOPK}:TopKOutput", what="TopKOutput (the NamedTuple before 0.4.9.post5)"),
     Fact("routing_hook", ">=0.4.7", f"{TOPK}:select_experts", what="where SGLang's TopK layer looks up its routing"),
     # fused_experts ------------------------------------------------------------------------------
     Fact("fused_experts@new", ">=0.5.11", f"{NEW_FM}:fused_experts", what="fused_experts in moe_runner/triton_utils/fused_moe.py"),
     Fact("fused_experts@old", "<0.5.11", f"{OLD_FM}:fused_experts", what="fused_experts in fused_moe_triton/fused_moe.py"),
-    Fact("fused_experts.topk_ids@old", "<0.4.9", f"{OLD_FM}:fused_experts", "param", "topk_ids",
+    Fact("fused_experts.topk_ids@old", "<0.4.9.post3", f"{OLD_FM}:fused_experts", "param", "topk_ids",
          what="fused_experts(topk_weights, topk_ids, ...) with use_* flags"),
-    Fact("fused_experts.topk_output@old", ">=0.4.9,<0.5.11", f"{OLD_FM}:fused_experts", "param", "topk_output",
+    Fact("fused_experts.topk_output@old", ">=0.4.9.post3,<0.5.11", f"{OLD_FM}:fused_experts", "param", "topk_output",
          what="fused_experts(topk_output, ...)"),
     Fact("fused_experts.topk_output@new", ">=0.5.11", f"{NEW_FM}:fused_experts", "param", "topk_output"),
     Fact("fused_experts.moe_runner_config@old", ">=0.5,<0.5.11", f"{OLD_FM}:fused_experts", "param", "moe_runner_config",
@@ -113,27 +117,29 @@ FACTS: tuple[Fact, ...] = (
              "use_int4_w4a16", place="new"),
     *_params("config_dtype_str", f"{OLD_CFG}:get_config_dtype_str", ">=0.5.2,<0.5.11", "use_fp8_w8a8", "use_int8_w8a16",
              "use_int4_w4a16", place="config"),
-    *_params("config_dtype_str", f"{OLD_FM}:get_config_dtype_str", "<0.5.11", "use_fp8_w8a8", "use_int8_w8a16",
+    *_params("config_dtype_str", f"{OLD_FM}:get_config_dtype_str", "<0.5.2", "use_fp8_w8a8", "use_int8_w8a16",
              "use_int4_w4a16", place="fused_moe"),
     Fact("get_config_file_name@new", ">=0.5.11", f"{NEW_CFG}:get_config_file_name"),
     Fact("get_config_file_name@config", ">=0.5.2,<0.5.11", f"{OLD_CFG}:get_config_file_name"),
     Fact("get_config_file_name@fused_moe", "<0.5.2", f"{OLD_FM}:get_config_file_name"),
     *_params("get_config_file_name", f"{NEW_CFG}:get_config_file_name", ">=0.5.11", "per_channel_quant", "down_moe", place="new"),
-    *_params("get_config_file_name", f"{OLD_CFG}:get_config_file_name", ">=0.5.3,<0.5.11", "per_channel_quant", place="config"),
+    *_params("get_config_file_name", f"{OLD_CFG}:get_config_file_name", ">=0.5.3.post2,<0.5.11", "per_channel_quant",
+             place="config"),
     *_params("get_config_file_name", f"{OLD_CFG}:get_config_file_name", ">=0.5.4.post2,<0.5.11", "down_moe", place="config"),
     Fact("get_moe_configs@new", ">=0.5.11", f"{NEW_CFG}:get_moe_configs"),
     Fact("get_moe_configs@config", ">=0.5.2,<0.5.11", f"{OLD_CFG}:get_moe_configs"),
     Fact("get_moe_configs@fused_moe", "<0.5.2", f"{OLD_FM}:get_moe_configs"),
     *_params("get_moe_configs", f"{NEW_CFG}:get_moe_configs", ">=0.5.11", "per_channel_quant", place="new"),
-    *_params("get_moe_configs", f"{OLD_CFG}:get_moe_configs", ">=0.5.3,<0.5.11", "per_channel_quant", place="config"),
+    *_params("get_moe_configs", f"{OLD_CFG}:get_moe_configs", ">=0.5.3.post2,<0.5.11", "per_channel_quant",
+             place="config"),
     Fact("override_config@triton_utils", ">=0.5.11", f"{MOE}.moe_runner.triton_utils:override_config"),
-    Fact("override_config@fused_moe_triton", "<0.5.11", f"{MOE}.fused_moe_triton:override_config"),
+    Fact("override_config@fused_moe_triton", ">=0.4.7", f"{MOE}.fused_moe_triton:override_config"),
     Fact("override_state@triton_utils", ">=0.5.11", f"{MOE}.moe_runner.triton_utils:_config"),
     Fact("override_state@fused_moe_triton", "<0.5.11", f"{MOE}.fused_moe_triton:_config"),
     Fact("moe_config_dir_env", ">=0.4.7", kind="behaviour",
          what="SGLANG_MOE_CONFIG_DIR: configs are read from <dir>/configs/triton_<x_y_z>/"),
     # expert parallelism -----------------------------------------------------------------------
-    Fact("EPMoE", "<0.5.3", f"{EP}:EPMoE"),
+    Fact("EPMoE", "<0.5.3.post1", f"{EP}:EPMoE"),
     Fact("DeepEPMoE", ">=0.4.7", f"{EP}:DeepEPMoE"),
     Fact("get_moe_impl_class", ">=0.4.7", f"{EP}:get_moe_impl_class"),
     Fact("get_moe_impl_class.quant_config", ">=0.5.1", f"{EP}:get_moe_impl_class", "param", "quant_config",
@@ -145,8 +151,8 @@ FACTS: tuple[Fact, ...] = (
     Fact("ExpertDistributionRecorder@eplb", ">=0.4.9", "sglang.srt.eplb.expert_distribution:ExpertDistributionRecorder"),
     # process-wide server arguments the kernels read -------------------------------------------
     Fact("ServerArgs", ">=0.4.7", f"{SERVER_ARGS}:ServerArgs"),
-    Fact("get_global_server_args", ">=0.5.4,<0.5.23", f"{SERVER_ARGS}:get_global_server_args"),
-    Fact("set_global_server_args_for_scheduler", ">=0.5.4,<0.5.23", f"{SERVER_ARGS}:set_global_server_args_for_scheduler"),
+    Fact("get_global_server_args", ">=0.5.3.post2", f"{SERVER_ARGS}:get_global_server_args"),
+    Fact("set_global_server_args_for_scheduler", ">=0.5.3.post2", f"{SERVER_ARGS}:set_global_server_args_for_scheduler"),
 )
 
 ENGINE = Engine(next(s for s in ENGINE_SPECS if s["name"] == "sglang"), FACTS,
@@ -241,7 +247,7 @@ def _build_fused_experts(engine: Engine) -> Resolution:
     variant = engine.pick(fn, [v for v in _FE_VARIANTS if all(k.endswith("@" + place) for k in v[2])], "fused_experts")
     runner_cls = rp = topk_output_cls = None
     if variant.name.startswith("topk_output"):
-        _, topk_output_cls = engine.find("StandardTopKOutput")
+        _, topk_output_cls = engine.find("topk_output")
     if variant.name == "topk_output+runner_config":
         rfact, runner_cls = engine.find("MoeRunnerConfig")
         rp = engine.params(rfact, runner_cls)
