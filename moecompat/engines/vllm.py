@@ -196,7 +196,10 @@ FACTS: tuple[Fact, ...] = (
     Fact("RoutingMethodType", ">=0.11.1", f"{CFG}:RoutingMethodType"),
     Fact("get_current_vllm_config_or_none", ">=0.14", f"{VCFG}:get_current_vllm_config_or_none"),
     Fact("set_current_vllm_config", ">=0.6", f"{VCFG}:set_current_vllm_config"),
-    Fact("VllmConfig", ">=0.6.5", f"{VCFG}:VllmConfig"),
+    Fact("VllmConfig@vllm", ">=0.11.1", f"{VCFG}.vllm:VllmConfig"),
+    Fact("VllmConfig@config", ">=0.6.5", f"{VCFG}:VllmConfig", what="VllmConfig importable from vllm.config"),
+    *_params("VllmConfig", f"{VCFG}.vllm:VllmConfig", ">=0.11.1", "model_config", place="vllm"),
+    *_params("VllmConfig", f"{VCFG}:VllmConfig", ">=0.6.5,<0.11.1", "model_config", place="config"),
     Fact("ModelConfig@model", ">=0.11", f"{VCFG}.model:ModelConfig"),
     Fact("ModelConfig@config", ">=0.6", f"{VCFG}:ModelConfig", what="ModelConfig importable from vllm.config"),
     *_params("ModelConfig", f"{VCFG}.model:ModelConfig", ">=0.11", "model", "tokenizer", "skip_tokenizer_init", "dtype",
@@ -792,7 +795,8 @@ def _build_select_mxfp4(engine: Engine) -> Resolution:
         raise build_config.error
     _, config_or_none = engine.find("get_current_vllm_config_or_none")
     _, set_config = engine.find("set_current_vllm_config")
-    _, vllm_config_cls = engine.find("VllmConfig")
+    vfact, vllm_config_cls = engine.find("VllmConfig")
+    model_config_kw = engine.params(vfact, vllm_config_cls)["model_config"]
     mfact, model_config_cls = engine.find("ModelConfig")
     mp = engine.params(mfact, model_config_cls)
     _, platform = engine.find("current_platform")
@@ -815,7 +819,7 @@ def _build_select_mxfp4(engine: Engine) -> Resolution:
                     detail="vLLM's ModelConfig for a gpt-oss layer failed (it imports vLLM's gpt-oss "
                            "model module and its attention backends); call it inside your own "
                            "set_current_vllm_config(...) or a running vLLM model", cause=exc) from exc
-            default_configs[layer] = vllm_config_cls(model_config=model_config)
+            default_configs[layer] = vllm_config_cls(**{model_config_kw: model_config})
         return default_configs[layer]
 
     def impl_oracle(with_lora_support: bool, moe_config: Any, layer: Any) -> Mxfp4Backend:
