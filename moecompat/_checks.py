@@ -75,6 +75,8 @@ def check_ids_range(name: str, ids: torch.Tensor, low: int, high: int, hint: str
     """Value check ``low <= ids < high`` on CPU tensors, or on CUDA tensors in debug mode."""
     if ids.is_cuda and not _debug:
         return
+    if ids.is_meta:
+        raise _fail(name, "a tensor with data (CPU or CUDA), not on the meta device", "a meta tensor")
     n = ids.numel()
     if n == 0:
         return

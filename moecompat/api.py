@@ -25,6 +25,7 @@ from ._calls import ExpertsCall, RoutingCall
 from ._scalars import check_bool, check_int, describe
 from .errors import InvalidInputError, UnsupportedFeatureError
 from .quant import UNQUANTIZED, MixedQuantConfig, PerExpertQuantConfig, QuantConfig
+from .tracker import ExpertActivationTracker
 from .vocab import (
     Activation,
     BackendName,
@@ -390,6 +391,8 @@ def select_experts(
         e_score_correction_bias, routed_scaling_factor, custom_routing_function,
     )
     if tracker is not None:
+        if not isinstance(tracker, ExpertActivationTracker):
+            raise InvalidInputError("tracker", "a moecompat.ExpertActivationTracker or None", describe(tracker))
         tracker._check_record_args(layer)
     chosen = resolve_backend(backend_name, "select_experts", router_logits.is_cuda)
     bind = get_impl("select_experts", chosen, router_logits.is_cuda)

@@ -65,6 +65,8 @@ def local_expert_ids(expert_map: torch.Tensor) -> torch.Tensor:
     :func:`moecompat.make_expert_map` returns it."""
     if not isinstance(expert_map, torch.Tensor):
         raise InvalidInputError("expert_map", "a 1-D integer tensor [global_num_experts]", describe(expert_map))
+    if expert_map.is_meta:
+        raise InvalidInputError("expert_map", "a tensor with data (CPU or CUDA), not on the meta device", "a meta tensor")
     if expert_map.dim() != 1 or expert_map.dtype.is_floating_point:
         raise InvalidInputError("expert_map", "a 1-D integer tensor [global_num_experts]",
                                 f"{list(expert_map.shape)} {expert_map.dtype}")
@@ -89,6 +91,8 @@ def shard_experts(w1: torch.Tensor, w2: torch.Tensor, quant_config: Any, expert_
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             raise InvalidInputError(name, "a 3-D tensor [global_num_experts, ...]",
                                     list(t.shape) if isinstance(t, torch.Tensor) else describe(t))
+        if t.is_meta:
+            raise InvalidInputError(name, "a tensor with data (not on the meta device)", "a meta tensor")
     local_expert_ids(expert_map)  # the map's own checks
     if expert_map.numel() != w1.shape[0] or w2.shape[0] != w1.shape[0]:
         raise InvalidInputError("expert_map", f"one entry per global expert ({w1.shape[0]} in w1, {w2.shape[0]} in w2)",

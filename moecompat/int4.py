@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from ._scalars import check_int, describe
 from .errors import InvalidInputError, UnsupportedFeatureError
 from .quant import pack_int4
 
@@ -97,6 +98,15 @@ def _expect(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dty
         raise InvalidInputError(name, f"dtype {dtype}", t.dtype)
 
 
+def _tensors(g_idx: object = None, **tensors: object) -> None:
+    """Required tensors (and the optional ``g_idx``) are tensors with data."""
+    for name, t in {**tensors, "g_idx": g_idx}.items():
+        if (t is not None or name != "g_idx") and not isinstance(t, torch.Tensor):
+            raise InvalidInputError(name, "a torch.Tensor", describe(t))
+        if isinstance(t, torch.Tensor) and t.is_meta:
+            raise InvalidInputError(name, "a tensor with data (not on the meta device)", "a meta tensor")
+
+
 def validate_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
                   g_idx: torch.Tensor | None = None) -> tuple[int, int]:
     """Check a GPTQ layer's tensors against each other; returns ``(K, N)``.
@@ -104,9 +114,11 @@ def validate_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Ten
     E.g. ``qweight [256, 768]`` (K = 2048, N = 768) with group 128 needs ``qzeros [16, 96]`` and
     ``scales [16, 768]``; each mismatch names the tensor and its expected shape.
     """
+    _tensors(qweight=qweight, qzeros=qzeros, scales=scales, g_idx=g_idx)
     if qweight.dim() != 2:
         raise InvalidInputError("qweight", "a 2-D int32 tensor [K/8, N]", list(qweight.shape))
     k, n = qweight.shape[0] * 8, qweight.shape[1]
+    group_size = check_int("group_size", group_size, minimum=-1)
     if group_size in (-1, 0):
         group_size = k
     if k % group_size:
@@ -123,9 +135,11 @@ def validate_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Ten
 
 def validate_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> tuple[int, int]:
     """Check an AWQ layer's tensors (``qweight [K, N/8]``); returns ``(K, N)``."""
+    _tensors(qweight=qweight, qzeros=qzeros, scales=scales)
     if qweight.dim() != 2:
         raise InvalidInputError("qweight", "a 2-D int32 tensor [K, N/8]", list(qweight.shape))
     k, n = qweight.shape[0], qweight.shape[1] * 8
+    group_size = check_int("group_size", group_size, minimum=1)
     if k % group_size:
         raise InvalidInputError("group_size", f"a divisor of K={k}", group_size)
     _expect("qweight", qweight, (k, n // 8), torch.int32)

@@ -701,6 +701,9 @@ def quantize_activation(
                                 list(x.shape) if isinstance(x, torch.Tensor) else describe(x))
     per_act_token_quant = check_bool("per_act_token_quant", per_act_token_quant)
     block_k = check_int("block_k", block_k, minimum=1, none=True)
+    if scale is not None and (not isinstance(scale, torch.Tensor) or scale.numel() != 1 or not scale.is_floating_point()):
+        raise InvalidInputError("scale", "a static per-tensor scale (a float tensor with one value) or None",
+                                list(scale.shape) if isinstance(scale, torch.Tensor) else describe(scale))
     fp8 = s is QuantScheme.FP8_W8A8
     qmax = FP8_MAX if fp8 else INT8_MAX
     xf = x.float()

@@ -54,6 +54,8 @@ class ExpertActivationTracker:
                 or topk_ids.dtype is torch.bool:
             raise InvalidInputError("topk_ids", "an integer tensor [num_tokens, top_k]",
                                     getattr(topk_ids, "dtype", describe(topk_ids)))
+        if topk_ids.is_meta:
+            raise InvalidInputError("topk_ids", "a tensor with data (CPU or CUDA), not on the meta device", "a meta tensor")
         ids = topk_ids.reshape(-1)
         if ids.dtype not in (torch.int32, torch.int64):
             ids = ids.long()

@@ -85,3 +85,15 @@ def assert_routing_matches_reference(backend: str, case: dict, renormalize: bool
     assert torch.equal(o1.values, o2.values)
     torch.testing.assert_close(got.topk_weights.gather(1, o1.indices), ref.topk_weights.gather(1, o2.indices),
                                rtol=1e-5, atol=1e-6)
+
+
+def assert_doctor_json_parses() -> dict:
+    """``moecompat doctor --json`` in a fresh interpreter: its stdout is exactly one JSON document
+    (whatever the engine prints while it imports), parsed with ``json.loads``."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "moecompat", "doctor", "--json"], capture_output=True, text=True,
+                         timeout=600, check=True).stdout
+    return json.loads(out)

@@ -6,8 +6,8 @@ import importlib
 import inspect
 
 import pytest
+from moecompat._adapters import Fact
 
-from moecompat.adapters import VersionFact
 from moecompat.engines import ENGINES
 
 
@@ -15,10 +15,10 @@ def pytest_generate_tests(metafunc):
     if "fact" in metafunc.fixturenames:
         name = metafunc.config.getoption("--engine")
         facts = [f for f in ENGINES[name].facts if f.kind != "behaviour"] if name in ENGINES else []
-        metafunc.parametrize("fact", facts, ids=[f.what for f in facts])
+        metafunc.parametrize("fact", facts, ids=[f.key for f in facts])
 
 
-def probe(fact: VersionFact):
+def probe(fact: Fact):
     """Whether the fact's symbol (or parameter) exists in the installed engine."""
     module, qualname = fact.where.split(":")
     try:
@@ -55,7 +55,7 @@ def test_fact_holds(request, fact):
     present = probe(fact)
     expected = fact.holds_for(engine.version())
     assert present == expected, (
-        f"{engine.name} {engine.version()}: fact {fact.what!r} ({fact.where}"
+        f"{engine.name} {engine.version()}: fact {fact.key!r} ({fact.where}"
         f"{' param ' + fact.param if fact.param else ''}) says versions {fact.versions}, "
         f"but the installed release {'has' if present else 'lacks'} it"
     )

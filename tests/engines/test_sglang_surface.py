@@ -7,38 +7,46 @@ import itertools
 
 import pytest
 import torch
+from moecompat.adapters import REGISTRY
+from moecompat.backends import ENTRY_POINTS
 
 import moecompat as mc
 from moecompat import quant
-from moecompat.adapters import REGISTRY
-from moecompat.backends import ENTRY_POINTS
 from tests.engines.conftest import assert_routing_matches_reference, version_in
 
 # SGLang has no public expert-map builder and no MXFP4 oracle in its Triton path.
-UNSUPPORTED = {"make_expert_map", "select_mxfp4_backend", "mxfp4_round_up", "mxfp4_convert", "moe_layer_config"}
+UNSUPPORTED = {"make_expert_map", "select_mxfp4_backend", "mxfp4_round_up", "mxfp4_convert", "moe_layer_config",
+               "default_config"}
 CUDA_ONLY = {"get_moe_configs"}  # reads the CUDA device name
 
 
 def _ep_layer_needs_missing_sgl_kernel(engine) -> bool:
-    """Fact EP_LAYER_NEEDS_SGL_KERNEL holds and sgl-kernel (CUDA only) is not installed here."""
-    import importlib.util
+    """Fact EP_LAYER_NEEDS_SGL_KERNEL holds and sgl-kernel (CUDA only) does not load here: not
+    installed, or installed without the NVIDIA driver its common_ops needs."""
+    import importlib
 
     from moecompat.engines.sglang import EP_LAYER_NEEDS_SGL_KERNEL
 
-    return (version_in(engine, engine.fact(EP_LAYER_NEEDS_SGL_KERNEL).versions)
-            and importlib.util.find_spec("sgl_kernel") is None)
+    if not version_in(engine, engine.fact(EP_LAYER_NEEDS_SGL_KERNEL).versions):
+        return False
+    try:
+        importlib.import_module("sgl_kernel")
+    except (ImportError, OSError):
+        return True
+    return False
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
 def test_adapter_resolves(sglang_engine, entry_point):
     res = REGISTRY.resolution(entry_point, "sglang")
     if entry_point == "ep_moe_layer_class" and _ep_layer_needs_missing_sgl_kernel(sglang_engine):
-        assert res.status == "unsupported" and "sgl_kernel is not installed" in str(res.error), res
+        assert res.status == "unsupported" and "sgl_kernel" in str(res.error), res
     elif entry_point in UNSUPPORTED:
         assert res.status == "unsupported" and isinstance(res.error, mc.UnsupportedFeatureError), res
     else:
         assert res.status == "ok", res.detail
         assert res.resolved and res.resolved.startswith("sglang"), res.resolved
+    assert res.drift == (), res.drift
 
 
 def _weights(scheme, opts, e=4, h=64, i=32):
@@ -59,12 +67,14 @@ def test_fused_experts_call_binds(sglang_engine, scheme, opts, activation):
     x = torch.randn(3, 64)
     tw, ti = mc.select_experts(x, torch.randn(3, 4), 2, backend="reference")
     act = mc.Activation(activation)
+    emap = torch.tensor([0, 1, -1, 2], dtype=torch.int32)
     if act is mc.Activation.SWIGLUOAI and not version_in(sglang_engine, ">=0.5"):
         with pytest.raises(mc.UnsupportedFeatureError, match="swigluoai"):
-            impl.build_call(x, w1, w2, tw, ti, act, qc, None, 4, False, False)
+            impl(ExpertsCall(w1, w2, qc, None, 4, act))
         return
-    args, kwargs, _ = impl.build_call(x, w1, w2, tw, ti, act, qc, torch.tensor([0, 1, -1, 2], dtype=torch.int32), 4, False, False)
-    inspect.signature(impl.target).bind(*args, **kwargs)
+    runner = impl(ExpertsCall(w1, w2, qc, emap, 4, act))
+    args, kwargs, _ = runner.plan(x, w1, w2, tw, ti, False)
+    inspect.signature(runner.target).bind(*args, **kwargs)
     if scheme is not None:
         assert kwargs[f"use_{scheme}"] is True
 
@@ -84,17 +94,18 @@ def test_outplace_fused_experts_avoids_the_tp_group_where_the_engine_needs_one(s
         calls_tp_group = False
     assert calls_tp_group == version_in(sglang_engine, fact.versions)
     impl = REGISTRY.impl("fused_experts", "sglang")
-    if not hasattr(impl, "build_call") or "moe_runner_config" not in inspect.signature(impl.target).parameters:
+    w1, w2, qc = _weights(None, {})
+    runner = impl(ExpertsCall(w1, w2, qc, None, 4, mc.Activation.SILU))
+    if "moe_runner_config" not in inspect.signature(runner.target).parameters:
         assert not calls_tp_group
         return
-    w1, w2, qc = _weights(None, {})
     x = torch.randn(3, 64)
     tw, ti = mc.select_experts(x, torch.randn(3, 4), 2, backend="reference")
-    args, _, copy_back = impl.build_call(x, w1, w2, tw, ti, mc.Activation.SILU, qc, None, 4, False, False)
+    args, _, copy_back = runner.plan(x, w1, w2, tw, ti, False)
     assert args[-1].inplace is calls_tp_group and copy_back is False
     assert (args[0] is not x and torch.equal(args[0], x)) if calls_tp_group else args[0] is x
-    args, _, copy_back = impl.build_call(x, w1, w2, tw, ti, mc.Activation.SILU, qc, None, 4, False, True)
-    assert args[0] is x and args[-1].inplace is calls_tp_group and copy_back is not calls_tp_group
+    args, _, copy_back = runner.plan(x, w1, w2, tw, ti, True)
+    assert args[0] is x and args[-1].inplace is True and copy_back is False
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -145,7 +156,7 @@ def test_ep_layer_factory_answers_the_seeds_epmoe(sglang_engine):
     from moecompat.ep import ep_moe_layer_class
 
     if _ep_layer_needs_missing_sgl_kernel(sglang_engine):
-        with pytest.raises(mc.UnsupportedFeatureError, match="sgl_kernel is not installed"):
+        with pytest.raises(mc.UnsupportedFeatureError, match="sgl_kernel"):
             ep_moe_layer_class(None, backend="sglang")
         return
     cls = ep_moe_layer_class(None, backend="sglang")
@@ -154,6 +165,12 @@ def test_ep_layer_factory_answers_the_seeds_epmoe(sglang_engine):
         assert cls.__name__ in ("EPMoE", "DeepEPMoE", "FusedMoE")
     else:
         assert cls.__name__ != "EPMoE"
+
+
+def test_doctor_json_is_one_json_document(sglang_engine):
+    rep = assert_doctor_json_parses()
+    assert rep["engines"]["sglang"] == str(sglang_engine.version())
+    assert rep["drift"] == {}
 
 
 def test_tracker_records_engine_routing(sglang_engine):

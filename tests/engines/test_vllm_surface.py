@@ -8,15 +8,15 @@ import itertools
 
 import pytest
 import torch
+from moecompat.adapters import REGISTRY
+from moecompat.backends import ENTRY_POINTS
 
 import moecompat as mc
 from moecompat import quant
-from moecompat.adapters import REGISTRY
-from moecompat.backends import ENTRY_POINTS
 from tests.engines.conftest import assert_routing_matches_reference, version_in
 
 # Entry points a version is allowed to lack, with the versions that have them.
-EXPECTED_UNSUPPORTED = {"make_expert_map": ">=0.8", "select_mxfp4_backend": ">=0.10", "mxfp4_round_up": ">=0.19",
+EXPECTED_UNSUPPORTED = {"make_expert_map": ">=0.8", "select_mxfp4_backend": ">=0.10.2", "mxfp4_round_up": ">=0.19",
                         "mxfp4_convert": ">=0.19", "moe_layer_config": ">=0.17"}
 
 
@@ -29,7 +29,9 @@ def test_adapter_resolves(vllm_engine, entry_point):
         assert res.error.engine == "vllm" and res.error.installed == str(vllm_engine.version())
     else:
         assert res.status == "ok", res.detail
-        assert res.resolved and res.resolved.startswith("vllm."), res.resolved
+        assert res.resolved and res.resolved.startswith("vllm"), res.resolved
+    # Every fact holds for a tested release: resolving noted no drift.
+    assert res.drift == (), res.drift
 
 
 def _weights(scheme, opts, e=4, h=64, i=32):
@@ -60,13 +62,15 @@ def test_fused_experts_kwargs_bind(vllm_engine, scheme, opts, use_map):
     since = SCHEME_SINCE.get(scheme)
     if opts.get("per_out_ch_quant"):
         since = ">=0.8"  # per-channel / per-token w8a8 flags
+    call = ExpertsCall(w1, w2, qc, emap, 4, mc.Activation.SILU)
     if since and not version_in(vllm_engine, since):
         with pytest.raises(mc.UnsupportedFeatureError) as info:
-            impl.build_call(x, w1, w2, tw, ti, mc.Activation.SILU, qc, emap, 4, False, False)
+            impl(call).plan(x, w1, w2, tw, ti, False)
         assert since in str(info.value)
         return
-    args, kwargs, _ = impl.build_call(x, w1, w2, tw, ti, mc.Activation.SILU, qc, emap, 4, False, False)
-    bound = inspect.signature(impl.target).bind(*args, **kwargs)
+    runner = impl(call)
+    args, kwargs, _ = runner.plan(x, w1, w2, tw, ti, False)
+    bound = inspect.signature(runner.target).bind(*args, **kwargs)
     if scheme is not None and "quant_config" in bound.arguments:
         assert type(bound.arguments["quant_config"]).__name__ == "FusedMoEQuantConfig"
 
@@ -79,12 +83,14 @@ def test_activation_support_matches_facts(vllm_engine, activation):
     tw, ti = mc.select_experts(x, torch.randn(3, 4), 2, backend="reference")
     since = {mc.Activation.SILU: ">=0.6", mc.Activation.GELU: vllm_engine.fact("gelu activation").versions,
              mc.Activation.SWIGLUOAI: vllm_engine.fact("swigluoai activation").versions}[activation]
+    call = ExpertsCall(w1, w2, qc, None, 4, activation)
     if version_in(vllm_engine, since):
-        args, kwargs, _ = impl.build_call(x, w1, w2, tw, ti, activation, qc, None, 4, False, False)
-        inspect.signature(impl.target).bind(*args, **kwargs)
+        runner = impl(call)
+        args, kwargs, _ = runner.plan(x, w1, w2, tw, ti, False)
+        inspect.signature(runner.target).bind(*args, **kwargs)
     else:
         with pytest.raises(mc.UnsupportedFeatureError, match=activation.value):
-            impl.build_call(x, w1, w2, tw, ti, activation, qc, None, 4, False, False)
+            impl(call)
 
 
 def _engine_dtype_str():
@@ -217,6 +223,13 @@ def test_doctor_reports_vllm(vllm_engine):
     rep = doctor_report()
     assert rep["engines"]["vllm"] == str(vllm_engine.version())
     assert rep["entry_points"]["fused_experts"]["vllm"]["status"] == "ok"
+    assert rep["drift"] == {}
+
+
+def test_doctor_json_is_one_json_document(vllm_engine):
+    """vLLM logs to stdout while it imports; ``doctor --json`` keeps stdout to one JSON document."""
+    rep = assert_doctor_json_parses()
+    assert rep["engines"]["vllm"] == str(vllm_engine.version())
 
 
 @pytest.mark.parametrize("module,cls,expected", [
