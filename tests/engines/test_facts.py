@@ -6,8 +6,8 @@ import importlib
 import inspect
 
 import pytest
-from moecompat._adapters import Fact
 
+from moecompat._adapters import Fact
 from moecompat.engines import ENGINES
 
 

@@ -7,12 +7,17 @@ import itertools
 
 import pytest
 import torch
-from moecompat.adapters import REGISTRY
-from moecompat.backends import ENTRY_POINTS
 
 import moecompat as mc
 from moecompat import quant
-from tests.engines.conftest import assert_routing_matches_reference, version_in
+from moecompat._adapters import REGISTRY
+from moecompat._backends import ENTRY_POINTS
+from moecompat._calls import ExpertsCall
+from tests.engines.conftest import (
+    assert_doctor_json_parses,
+    assert_routing_matches_reference,
+    version_in,
+)
 
 # SGLang has no public expert-map builder and no MXFP4 oracle in its Triton path.
 UNSUPPORTED = {"make_expert_map", "select_mxfp4_backend", "mxfp4_round_up", "mxfp4_convert", "moe_layer_config",

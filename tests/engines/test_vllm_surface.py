@@ -8,12 +8,17 @@ import itertools
 
 import pytest
 import torch
-from moecompat.adapters import REGISTRY
-from moecompat.backends import ENTRY_POINTS
 
 import moecompat as mc
 from moecompat import quant
-from tests.engines.conftest import assert_routing_matches_reference, version_in
+from moecompat._adapters import REGISTRY
+from moecompat._backends import ENTRY_POINTS
+from moecompat._calls import ExpertsCall
+from tests.engines.conftest import (
+    assert_doctor_json_parses,
+    assert_routing_matches_reference,
+    version_in,
+)
 
 # Entry points a version is allowed to lack, with the versions that have them.
 EXPECTED_UNSUPPORTED = {"make_expert_map": ">=0.8", "select_mxfp4_backend": ">=0.10.2", "mxfp4_round_up": ">=0.19",

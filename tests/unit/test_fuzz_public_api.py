@@ -213,8 +213,8 @@ CALLS: dict[str, tuple[Any, dict[str, Any]]] = {
                             dict(hidden_states=L["x"].clone(), topk_weights=L["tw"], topk_ids=L["ti"], inplace=False)),
     "ExpertActivationTracker": (lambda **a: mc.ExpertActivationTracker(a["num_layers"], a["num_experts"], a["device"]).record(
         a["layer"], a["topk_ids"]), dict(num_layers=2, num_experts=4, device="cpu", layer=1, topk_ids=L["ti"])),
-    "tracker.queries": (lambda **a: _tracker().top_experts(a["layer"], a["n"]) + [_tracker().imbalance(a["layer2"])]
-                        + [_tracker().layer_counts(a["layer2"])],
+    "tracker.queries": (lambda **a: [*_tracker().top_experts(a["layer"], a["n"]), _tracker().imbalance(a["layer2"]),
+                                     _tracker().layer_counts(a["layer2"])],
                         dict(layer=0, n=2, layer2=None)),
     "tracker.from_json": (lambda **a: mc.ExpertActivationTracker.from_json(a["text"]), dict(text=_tracker_json())),
     "make_per_expert_quant_config": (lambda **a: mc.make_per_expert_quant_config(a.pop("groups"), **a),
@@ -244,7 +244,7 @@ CALLS: dict[str, tuple[Any, dict[str, Any]]] = {
                        dict(zip(("qweight", "qzeros", "scales", "group_size"),
                                 (*int4.to_gptq(int4.Int4Linear(torch.randint(0, 16, (32, 16), dtype=torch.int32),
                                                                torch.randint(0, 16, (2, 16), dtype=torch.int32),
-                                                               torch.ones(2, 16).half(), 16))[:3], 16)))),
+                                                               torch.ones(2, 16).half(), 16))[:3], 16), strict=True))),
     "tuning.get_config_file_name": (lambda **a: mc.get_config_file_name(a.pop("num_experts"), a.pop("n"), a.pop("dtype_str"), **a),
                                     dict(num_experts=8, n=14336, dtype_str=None, block_shape=None, backend="reference")),
     "tuning.get_default_config": (lambda **a: mc.get_default_config(**a),
@@ -257,7 +257,7 @@ CASES = [(name, arg) for name, (_, kw) in CALLS.items() for arg in kw]
 
 
 def test_every_call_is_valid_as_given():
-    for name, (fn, kw) in CALLS.items():
+    for fn, kw in CALLS.values():
         fn(**dict(kw))
 
 
