@@ -236,15 +236,23 @@ def _engine(args: argparse.Namespace, device: str) -> str:
     return str(args.engine)
 
 
+def _importable(name: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
 def _check_optional(args: argparse.Namespace) -> None:
     """Missing optional packages the options need: one clear error before any work starts."""
-    import importlib.util
-
     from .errors import MissingDependencyError
 
-    if args.ray and importlib.util.find_spec("ray") is None:
+    if args.ray and not _importable("ray"):
         raise MissingDependencyError("ray", "--ray", "ray")
-    if args.progress and importlib.util.find_spec("tqdm") is None:
+    if args.progress and not _importable("tqdm"):
         raise MissingDependencyError("tqdm", "--progress", "bench")
 
 
