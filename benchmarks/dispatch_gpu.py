@@ -20,9 +20,9 @@ import time
 
 import torch
 from _timing import graph_ms
+from moecompat.adapters import REGISTRY
 
 import moecompat as mc
-from moecompat.adapters import REGISTRY
 
 
 def _host_us(fn, calls=2000, repeats=7):

@@ -1,16 +1,23 @@
-"""Host overhead of ``moecompat.fused_experts`` over calling the resolved backend directly.
+"""Host overhead of moecompat's entry points over calling the resolved backend runner directly.
 
-Both sides run the same adapter on the same tensors; the difference of the medians is what the
-public entry point adds (argument parsing, validation, dispatch). The adapter is measured two
-ways: on the reference backend with a tiny problem, and on a "null" adapter that returns its
-input, which isolates the dispatch cost from kernel-time noise.
+Side by side in one run, on the same tensors, medians of 7 batches:
+
+* ``direct``: the runner the backend bound for this layer, called as ``runner(x, w1, w2, tw, ti, False)``;
+* ``functional``: ``moecompat.fused_experts(x, w1, w2, tw, ti, backend=...)`` (its call plan);
+* ``bound``: ``moecompat.MoEExperts(w1, w2, backend=...)(x, tw, ti)``;
+* ``compiled``: ``torch.compile`` of a function calling ``moecompat.fused_experts`` against
+  ``torch.compile`` of the same function calling a minimal custom op that runs the runner (the
+  cost any custom op has): the difference is what moecompat adds per call under compile.
+
+The *null* backend's runner returns its input, which isolates the dispatch cost from kernel-time
+noise; the reference backend is measured too (a tiny problem). The overhead is the difference of
+the medians.
 
     python benchmarks/overhead.py [--calls 100000] [--device cpu|cuda] [--no-value-checks] [--json out.json]
 
-On CPU tensors every call also runs the expert-id range check (a host read of ``topk_ids``); on
-CUDA tensors it runs only in debug mode (``moecompat.set_debug(True)``). ``--no-value-checks``
-replaces that check with a no-op for the measurement, so CPU figures measure the same
-metadata-only path as CUDA figures (the default debug setting).
+On CPU tensors every call also runs the value checks (expert-id ranges: a host read of
+``topk_ids``); on CUDA tensors only in debug mode. ``--no-value-checks`` replaces them with
+no-ops for the measurement, so CPU figures measure the same metadata-only path as CUDA figures.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ import time
 import torch
 
 import moecompat as mc
-from moecompat import _checks
-from moecompat.adapters import REGISTRY, Resolution
+from moecompat import _backends, _checks
+from moecompat._adapters import REGISTRY, Backend
 
 
 def _median_ns(fn, calls: int, repeats: int = 7) -> float:
@@ -39,59 +46,98 @@ def _median_ns(fn, calls: int, repeats: int = 7) -> float:
     return statistics.median(per_call)
 
 
-def _null_fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, activation, quant_config,
-                        expert_map, global_num_experts, apply_router_weight_on_input, inplace):
-    return hidden_states
+def _null_backend() -> Backend:
+    null = Backend("null")
+
+    def bind(call):
+        def run(hidden_states, w1, w2, topk_weights, topk_ids, inplace):
+            return hidden_states
+        return run
+
+    null.adapter("fused_experts")(lambda b: b.ok("fused_experts", bind, "benchmarks.overhead:null", "null"))
+    return null
 
 
-def measure(calls: int, device: str, value_checks: bool = True) -> dict:
+def _warm(fn, device: str, n: int = 200) -> None:
+    for _ in range(n):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(calls: int, device: str, value_checks: bool = True, compiled: bool = True) -> dict:
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     t, e, k, h, i = 1, 8, 2, 128, 64
     x = torch.randn(t, h, device=device, dtype=dtype)
     w1 = torch.randn(e, 2 * i, h, device=device, dtype=dtype)
     w2 = torch.randn(e, h, i, device=device, dtype=dtype)
-    topk = mc.select_experts(x, torch.randn(t, e, device=device), k, backend="reference")
-    tw, ti = topk
-    qc = mc.make_quant_config(None)
-    act = mc.Activation.SILU
-
-    REGISTRY.register("null", "fused_experts", lambda: Resolution(
-        "fused_experts", "null", "ok", impl=_null_fused_experts, resolved="benchmarks.overhead:_null_fused_experts", variant="null"))
-    import moecompat.backends as backends
-    backends._KNOWN_BACKENDS = (*backends._KNOWN_BACKENDS, "null")
-
-    results = {}
-    range_check = _checks.check_ids_range
+    tw, ti = mc.select_experts(x, torch.randn(t, e, device=device), k, backend="reference")
+    _backends.register_backend(_null_backend())
+    results: dict = {}
+    saved = _checks.check_ids_range, _checks.check_expert_map_values
     if not value_checks:
-        # The metadata-only path: what a CUDA call runs outside debug mode. The stub stands in
-        # for the one value check (expert-id range) that CPU tensors always get.
-        _checks.check_ids_range = lambda name, ids, low, high: None
+        _checks.check_ids_range = lambda *a, **k: None  # type: ignore[assignment]
+        _checks.check_expert_map_values = lambda *a, **k: None  # type: ignore[assignment]
     try:
-        _measure_into(results, calls, device, x, w1, w2, tw, ti, qc, act, e)
+        for backend in ("null", "reference"):
+            from moecompat._calls import ExpertsCall
+
+            runner = REGISTRY.impl("fused_experts", backend)(ExpertsCall(w1, w2, mc.make_quant_config(None), None, e,
+                                                                         mc.Activation.SILU))
+            experts = mc.MoEExperts(w1, w2, backend=backend)  # type: ignore[arg-type]
+            sides = {
+                "direct": lambda runner=runner: runner(x, w1, w2, tw, ti, False),
+                "functional": lambda backend=backend: mc.fused_experts(x, w1, w2, tw, ti, backend=backend),
+                "bound": lambda experts=experts: experts(x, tw, ti),
+            }
+            n = calls if backend == "null" else max(calls // 20, 700)
+            for fn in sides.values():
+                _warm(fn, device)
+            r = {name: _median_ns(fn, n) for name, fn in sides.items()}
+            r["functional_overhead_ns"] = r["functional"] - r["direct"]
+            r["bound_overhead_ns"] = r["bound"] - r["direct"]
+            r["calls"] = n
+            results[backend] = r
+        if compiled and mc.ops.AVAILABLE:
+            results["compiled"] = _measure_compiled(calls, device, x, w1, w2, tw, ti, e)
     finally:
-        _checks.check_ids_range = range_check
+        _checks.check_ids_range, _checks.check_expert_map_values = saved
+        _backends.unregister_backend("null")
     return results
 
 
-def _measure_into(results, calls, device, x, w1, w2, tw, ti, qc, act, e) -> None:
-    for backend in ("null", "reference"):
-        impl = REGISTRY.impl("fused_experts", backend)
-        direct = lambda impl=impl: impl(x, w1, w2, tw, ti, act, qc, None, e, False, False)  # noqa: E731
-        public = lambda backend=backend: mc.fused_experts(x, w1, w2, tw, ti, backend=backend)  # noqa: E731
-        n = calls if backend == "null" else max(calls // 20, 700)
-        for fn in (direct, public):  # warm-up: resolution, caches, allocator
-            for _ in range(200):
-                fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        d = _median_ns(direct, n)
-        p = _median_ns(public, n)
-        results[backend] = {"direct_ns": d, "public_ns": p, "overhead_ns": p - d, "calls": n}
-    auto = lambda: mc.fused_experts(x, w1, w2, tw, ti)  # noqa: E731
-    for _ in range(200):
-        auto()
-    results["auto_public_ns"] = _median_ns(auto, max(calls // 20, 700))
+def _measure_compiled(calls: int, device: str, x, w1, w2, tw, ti, e) -> dict:
+    """Per-call time of a compiled layer through moecompat vs through a bare custom op around the
+    same reference runner (both compiled the same way)."""
+    from moecompat._calls import ExpertsCall
+
+    runner = REGISTRY.impl("fused_experts", "reference")(ExpertsCall(w1, w2, mc.make_quant_config(None), None, e,
+                                                                     mc.Activation.SILU))
+
+    @torch.library.custom_op("moecompat_bench::direct", mutates_args=())
+    def direct_op(hidden_states: torch.Tensor, a: torch.Tensor, b: torch.Tensor, tw: torch.Tensor, ti: torch.Tensor) -> torch.Tensor:
+        return runner(hidden_states, a, b, tw, ti, False)
+
+    @direct_op.register_fake
+    def _(hidden_states, a, b, tw, ti):
+        return torch.empty_like(hidden_states)
+
+    def through_moecompat(x, tw, ti):
+        return mc.fused_experts(x, w1, w2, tw, ti, backend="reference")
+
+    def through_bare_op(x, tw, ti):
+        return torch.ops.moecompat_bench.direct(x, w1, w2, tw, ti)
+
+    out = {}
+    n = max(calls // 20, 700)
+    for name, fn in (("moecompat", through_moecompat), ("bare_custom_op", through_bare_op)):
+        c = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        _warm(lambda c=c: c(x, tw, ti), device)
+        out[name] = _median_ns(lambda c=c: c(x, tw, ti), n)
+    out["overhead_ns"] = out["moecompat"] - out["bare_custom_op"]
+    out["calls"] = n
+    return out
 
 
 def main(argv=None) -> int:
@@ -99,20 +145,29 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=100_000)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-value-checks", action="store_true",
-                    help="skip the expert-id range check (CPU tensors run it on every call; CUDA "
-                    "tensors only in debug mode), to measure the metadata-only path on CPU")
+                    help="skip the expert-id range checks (CPU tensors run them on every call; CUDA tensors only "
+                    "in debug mode), to measure the metadata-only path on CPU")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     value_checks = not args.no_value_checks
-    res = measure(args.calls, args.device, value_checks)
+    res = measure(args.calls, args.device, value_checks, compiled=not args.no_compile)
+    import platform
+
     meta = {"python": sys.version.split()[0], "torch": torch.__version__, "device": args.device,
+            "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None, "cpu": platform.processor(),
             "moecompat": mc.__version__, "value_checks": value_checks}
-    print(f"moecompat {mc.__version__}, torch {torch.__version__}, device {args.device}, "
-          f"value checks {'on' if value_checks else 'off'}")
+    print(f"moecompat {mc.__version__}, torch {torch.__version__}, device {args.device}"
+          f"{' (' + meta['gpu'] + ')' if meta['gpu'] else ''}, value checks {'on' if value_checks else 'off'}")
     for b in ("null", "reference"):
         r = res[b]
-        print(f"{b:>10}: direct {r['direct_ns'] / 1000:8.2f} us  public {r['public_ns'] / 1000:8.2f} us  "
-              f"overhead {r['overhead_ns'] / 1000:6.2f} us  ({r['calls']} calls, median of 7 batches)")
+        print(f"{b:>10}: direct {r['direct'] / 1000:7.2f} us  functional {r['functional'] / 1000:7.2f} us "
+              f"(+{r['functional_overhead_ns'] / 1000:.2f})  bound {r['bound'] / 1000:7.2f} us "
+              f"(+{r['bound_overhead_ns'] / 1000:.2f})  [{r['calls']} calls, median of 7 batches]")
+    if "compiled" in res:
+        c = res["compiled"]
+        print(f"  compiled: moecompat {c['moecompat'] / 1000:7.2f} us  bare custom op {c['bare_custom_op'] / 1000:7.2f} us "
+              f"(+{c['overhead_ns'] / 1000:.2f})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": res}, f, indent=2)

@@ -70,6 +70,7 @@ ENTRY_POINTS = (
     "mxfp4_convert",
     "ep_moe_layer_class",
     "routing_hooks",
+    "numerics",
 )
 #: Every backend by name: the reference first, then the engines in spec order.
 BACKENDS: dict[str, Backend] = {"reference": REFERENCE, **ENGINES}

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from .quant import MixedQuantConfig, QuantConfig
+from .reference.numerics import IDEAL, Numerics
 from .vocab import Activation, ScoringFunc, TopK
 
 __all__ = ["ExpertsCall", "ExpertsRunner", "RoutingCall", "RoutingRunner"]
@@ -28,7 +29,8 @@ class ExpertsCall:
     ``w1 [E_local, 2*I, H']`` and ``w2 [E_local, H, I']`` in the layout of ``quant_config``;
     ``expert_map [global_num_experts]`` int32/int64 (global id -> local id or -1) or None;
     ``out_dtype``: the reference backend's result dtype when not the activation dtype (the
-    per-expert-precision path sums float32 group results).
+    per-expert-precision path sums float32 group results); ``numerics``: the arithmetic the
+    reference backend follows (engines run their own).
     """
 
     w1: torch.Tensor
@@ -39,6 +41,7 @@ class ExpertsCall:
     activation: Activation
     apply_router_weight_on_input: bool = False
     out_dtype: torch.dtype | None = None
+    numerics: Numerics = IDEAL
 
 
 class ExpertsRunner(Protocol):

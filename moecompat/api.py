@@ -23,8 +23,10 @@ from ._adapters import REGISTRY
 from ._backends import auto_backend, get_impl, known_backends
 from ._calls import ExpertsCall, RoutingCall
 from ._scalars import check_bool, check_int, describe
+from .engines._specs import ENGINE_NAMES
 from .errors import InvalidInputError, UnsupportedFeatureError
 from .quant import UNQUANTIZED, MixedQuantConfig, PerExpertQuantConfig, QuantConfig
+from .reference.numerics import IDEAL, Numerics
 from .tracker import ExpertActivationTracker
 from .vocab import (
     Activation,
@@ -103,23 +105,23 @@ class Plan:
 
     def tokens_ok(self, hidden_states: Any, topk_weights: Any, topk_ids: Any) -> bool:
         """The token tensors' metadata matches what the full path validated (shape, dtype,
-        device, contiguity), read as one condition; False sends the call to the full path, which
-        names the argument."""
+        device, contiguity), read as one condition with as few attribute reads as it takes;
+        False sends the call to the full path, which names the argument."""
         try:
-            t_tokens, hidden = hidden_states.shape
-            ids_shape = topk_ids.shape
-            rows, top_k = ids_shape
+            t_tokens, hidden = hidden_states.size()
+            ids_size = topk_ids.size()
+            rows, top_k = ids_size
             if self.on_cuda:
                 # get_device() is -1 for CPU and meta tensors, the CUDA index otherwise.
                 idx = self.device_index
-                same_device = (hidden_states.get_device() == idx and topk_ids.get_device() == idx
-                               and topk_weights.get_device() == idx and hidden_states.is_cuda)
+                same_device = hidden_states.get_device() == idx and topk_ids.get_device() == idx \
+                    and topk_weights.get_device() == idx
             else:
                 same_device = hidden_states.is_cpu and topk_ids.is_cpu and topk_weights.is_cpu
             return (
-                hidden == self.hidden and rows == t_tokens and 1 <= top_k <= self.gne
+                hidden == self.hidden and rows == t_tokens and 0 < top_k <= self.gne and same_device
                 and hidden_states.dtype is self.act_dtype and topk_weights.dtype is self.weights_dtype
-                and topk_ids.dtype in _ID_DTYPES and topk_weights.shape == ids_shape and same_device
+                and topk_ids.dtype in _ID_DTYPES and topk_weights.size() == ids_size
                 and hidden_states.is_contiguous() and topk_ids.is_contiguous() and topk_weights.is_contiguous()
             )
         except (AttributeError, ValueError, TypeError):  # not tensors or not 2-D
@@ -135,7 +137,9 @@ class _LayerPlan(Plan):
     alive). Quant config and expert map are small and compared by identity.
     """
 
-    __slots__ = ("activation_arg", "backend_arg", "expert_map", "gne_arg", "on_input", "quant_config", "refs", "w2_id")
+    __slots__ = ("activation_arg", "backend_arg", "expert_map", "gne_arg", "numerics_arg", "on_input", "quant_config",
+                 "refs", "w2_id")
+    numerics_arg: Any
     activation_arg: Any
     backend_arg: Any
     expert_map: torch.Tensor | None
@@ -173,6 +177,7 @@ def fused_experts(
     apply_router_weight_on_input: bool = False,
     inplace: bool = False,
     backend: BackendName = "auto",
+    numerics: str | Numerics = "ideal",
 ) -> torch.Tensor:
     """Run the experts of a MoE layer on already-routed tokens.
 
@@ -197,6 +202,10 @@ def fused_experts(
             router weight instead of the expert output.
         inplace: write the result into ``hidden_states`` and return it.
         backend: ``"auto"``, ``"reference"``, ``"vllm"`` or ``"sglang"``.
+        numerics: the reference backend's arithmetic: ``"ideal"`` (moecompat's oracle), an
+            engine's (``"vllm"``, ``"sglang"``: its installed release's kernels' conventions on
+            this machine, to compare with it), or a
+            [`Numerics`][moecompat.reference.Numerics]. Engines run their own.
 
     Returns:
         ``[T, H]`` tensor of ``hidden_states.dtype``: ``sum_k weight * expert(token)``.
@@ -212,7 +221,7 @@ def fused_experts(
     if (
         plan is not None and id(w2) == plan.w2_id and quant_config is plan.quant_config and expert_map is plan.expert_map
         and global_num_experts == plan.gne_arg and type(global_num_experts) is int
-        and activation == plan.activation_arg and backend == plan.backend_arg
+        and activation == plan.activation_arg and backend == plan.backend_arg and numerics == plan.numerics_arg
         and apply_router_weight_on_input is plan.on_input and type(inplace) is bool
         and plan.tokens_ok(hidden_states, topk_weights, topk_ids)
     ):
@@ -226,12 +235,27 @@ def fused_experts(
             return hidden_states.new_empty((0, plan.hidden))
         return plan.runner(hidden_states, w1, w2, topk_weights, topk_ids, inplace)
     return _fused_experts_full(hidden_states, w1, w2, topk_weights, topk_ids, activation, quant_config, expert_map,
-                               global_num_experts, apply_router_weight_on_input, inplace, backend)
+                               global_num_experts, apply_router_weight_on_input, inplace, backend, numerics)
+
+
+def resolve_numerics(numerics: object, backend: str) -> Numerics:
+    """The [`Numerics`][moecompat.reference.Numerics] of a ``numerics`` argument for ``backend``
+    (concrete): an engine's come from its facts for the installed release and this machine."""
+    if isinstance(numerics, Numerics):
+        chosen = numerics
+    else:
+        name = parse_name(numerics, "numerics", ("ideal", *ENGINE_NAMES))
+        chosen = IDEAL if name == "ideal" else get_impl("numerics", name)()
+    if chosen is not IDEAL and backend != "reference":
+        raise InvalidInputError("numerics", "'ideal' with an engine backend (an engine runs its own arithmetic; "
+                                "numerics choose the reference backend's)", f"{chosen.name!r} with backend {backend!r}")
+    return chosen
 
 
 def _fused_experts_full(
     hidden_states: Any, w1: Any, w2: Any, topk_weights: Any, topk_ids: Any, activation: Any, quant_config: Any,
     expert_map: Any, global_num_experts: Any, apply_router_weight_on_input: Any, inplace: Any, backend: Any,
+    numerics: Any = "ideal",
 ) -> torch.Tensor:
     backend_name = _backend_name(backend)
     act = _activation(activation)
@@ -243,7 +267,8 @@ def _fused_experts_full(
     qc = UNQUANTIZED if quant_config is None else quant_config
     if isinstance(qc, PerExpertQuantConfig):
         return _fused_experts_per_expert(hidden_states, w1, w2, topk_weights, topk_ids, act, qc, expert_map,
-                                         global_num_experts, apply_router_weight_on_input, inplace, backend_name)
+                                         global_num_experts, apply_router_weight_on_input, inplace, backend_name,
+                                         numerics)
     if not isinstance(qc, (QuantConfig, MixedQuantConfig)):
         raise InvalidInputError("quant_config", "a moecompat.QuantConfig (see make_quant_config), MixedQuantConfig, "
                                 "PerExpertQuantConfig or None", describe(qc))
@@ -255,10 +280,11 @@ def _fused_experts_full(
             chosen, None, "mixed per-projection precision (MixedQuantConfig)",
             detail="the engines' fused kernels run both GEMMs in one scheme and expose no per-stage API; "
             "use backend='reference'")
+    arithmetic = resolve_numerics(numerics, chosen)
     bind = get_impl("fused_experts", chosen, hidden_states.is_cuda)
-    runner = bind(ExpertsCall(w1, w2, qc, expert_map, gne, act, apply_router_weight_on_input))
+    runner = bind(ExpertsCall(w1, w2, qc, expert_map, gne, act, apply_router_weight_on_input, numerics=arithmetic))
     _remember(hidden_states, topk_weights, w1, w2, quant_config, expert_map, global_num_experts, activation, backend,
-              apply_router_weight_on_input, gne, num_local, runner)
+              apply_router_weight_on_input, gne, num_local, runner, numerics)
     if hidden_states.shape[0] == 0:
         return hidden_states.new_empty((0, w2.shape[1]))
     return runner(hidden_states, w1, w2, topk_weights, topk_ids, inplace)
@@ -266,7 +292,7 @@ def _fused_experts_full(
 
 def _remember(hidden_states: torch.Tensor, topk_weights: torch.Tensor, w1: Any, w2: Any, quant_config: Any,
               expert_map: Any, gne_arg: int, activation: Any, backend: Any, on_input: bool, gne: int, num_local: int,
-              runner: Any) -> None:
+              runner: Any, numerics: Any) -> None:
     """Record the plan of a call that passed the full checks (see :class:`_LayerPlan`)."""
     plan = _LayerPlan(hidden_states, topk_weights, gne, num_local, runner)
     key = id(w1)
@@ -276,6 +302,7 @@ def _remember(hidden_states: torch.Tensor, topk_weights: torch.Tensor, w1: Any, 
         return
     plan.w2_id, plan.quant_config, plan.expert_map = id(w2), quant_config, expert_map
     plan.gne_arg, plan.activation_arg, plan.backend_arg, plan.on_input = gne_arg, activation, backend, on_input
+    plan.numerics_arg = numerics
     if len(_plans) >= _PLANS_MAX:
         _plans.clear()
     _plans[key] = plan
@@ -294,6 +321,7 @@ def _fused_experts_per_expert(
     apply_router_weight_on_input: bool,
     inplace: bool,
     backend: str,
+    numerics: Any = "ideal",
 ) -> torch.Tensor:
     """[`fused_experts`][moecompat.fused_experts] with a [`PerExpertQuantConfig`][moecompat.PerExpertQuantConfig]:
     one call of the backend's fused-experts runner per group, with an expert map that gives the
@@ -310,8 +338,9 @@ def _fused_experts_per_expert(
                     detail="the engines' fused kernels run both GEMMs of a call in one scheme; use backend='reference'")
     if hidden_states.shape[0] == 0:
         return hidden_states.new_empty((0, qc.hidden_size))
+    arithmetic = resolve_numerics(numerics, chosen)
     bind = get_impl("fused_experts", chosen, hidden_states.is_cuda)
-    key = (chosen, act, apply_router_weight_on_input, hidden_states.device, bind)
+    key = (chosen, act, apply_router_weight_on_input, hidden_states.device, bind, arithmetic)
     runners = qc._runners.get(key)
     if runners is None:
         # The reference returns each group's float32 sum (no rounding per group); engines'
@@ -321,7 +350,7 @@ def _fused_experts_per_expert(
         for g, m in zip(qc.groups, maps, strict=True):
             try:
                 built.append(bind(ExpertsCall(g.w1, g.w2, g.quant_config, m, qc.global_num_experts, act,
-                                              apply_router_weight_on_input, out_dtype)))
+                                              apply_router_weight_on_input, out_dtype, arithmetic)))
             except UnsupportedFeatureError as exc:
                 raise UnsupportedFeatureError(
                     exc.engine, exc.installed, f"per-expert precision (PerExpertQuantConfig), group {g.describe()}",

@@ -32,18 +32,37 @@ class MoECompatWarning(UserWarning):
 class InvalidInputError(MoECompatError, ValueError):
     """An argument has the wrong shape, dtype, device, value or name.
 
-    The message names the argument and says what was expected and what was given.
-    ``argument``, ``expected`` and ``actual`` are kept as attributes for programs.
+    ``InvalidInputError(argument, expected, actual, hint="")``: the message names the argument
+    and says what was expected and what was given; ``argument``, ``expected``, ``actual`` and
+    ``hint`` are kept as attributes for programs.
     """
 
-    def __init__(self, argument: str, expected: Any, actual: Any, hint: str = "") -> None:
-        self.argument = argument
-        self.expected = expected
-        self.actual = actual
-        msg = f"{argument}: expected {expected}, got {actual}"
-        if hint:
-            msg += f" ({hint})"
-        super().__init__(msg)
+    # No __init__ of its own (the values live in ``args``): torch.compile's Dynamo can then
+    # build and report the error while it traces moecompat's checks.
+
+    @property
+    def argument(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    @property
+    def expected(self) -> Any:
+        return self.args[1] if len(self.args) > 1 else None
+
+    @property
+    def actual(self) -> Any:
+        return self.args[2] if len(self.args) > 2 else None
+
+    @property
+    def hint(self) -> str:
+        return str(self.args[3]) if len(self.args) > 3 and self.args[3] else ""
+
+    def __str__(self) -> str:
+        if len(self.args) < 3:
+            return super().__str__()
+        msg = f"{self.argument}: expected {self.expected}, got {self.actual}"
+        if self.hint:
+            msg += f" ({self.hint})"
+        return msg
 
 
 class UnsupportedFeatureError(MoECompatError, NotImplementedError):

@@ -21,6 +21,7 @@ expert map are bound by reference:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -30,9 +31,11 @@ from . import ops as _ops
 from ._backends import get_impl
 from ._calls import ExpertsCall
 from ._scalars import check_bool, check_int, describe
-from .api import Plan, resolve_backend
+from .api import Plan, resolve_backend, resolve_numerics
+from .engines._specs import ENGINE_NAMES
 from .errors import InvalidInputError, UnsupportedFeatureError
 from .quant import UNQUANTIZED, MixedQuantConfig, QuantConfig
+from .reference.numerics import Numerics
 from .vocab import Activation, BackendName, parse_activation, parse_name
 
 __all__ = ["MoEExperts"]
@@ -56,6 +59,7 @@ class MoEExperts:
         apply_router_weight_on_input: scale the first GEMM's output by the router weight.
         backend: ``"auto"``, ``"reference"``, ``"vllm"`` or ``"sglang"``; ``"auto"`` resolves per
             device when the first call shows it.
+        numerics: the reference backend's arithmetic (see [`fused_experts`][moecompat.fused_experts]).
 
     Construction validates everything but the token tensors (weights, scales, zero points,
     expert map, options); a call, ``experts(hidden_states, topk_weights, topk_ids)``, checks
@@ -65,7 +69,7 @@ class MoEExperts:
     """
 
     __slots__ = ("_call", "_plan", "_plans", "activation", "apply_router_weight_on_input", "backend", "expert_map",
-                 "global_num_experts", "quant_config", "w1", "w2")
+                 "global_num_experts", "numerics", "quant_config", "w1", "w2")
 
     def __init__(
         self,
@@ -78,6 +82,7 @@ class MoEExperts:
         activation: str | Activation = "silu",
         apply_router_weight_on_input: bool = False,
         backend: BackendName = "auto",
+        numerics: str | Numerics = "ideal",
     ) -> None:
         from ._backends import known_backends
 
@@ -103,6 +108,9 @@ class MoEExperts:
         probe = torch.empty((0, w2.shape[1]), dtype=act, device=w1.device)
         info = _checks._check_weights(w1, w2, qc, expert_map, global_num_experts, act, probe)
         self.global_num_experts: int = info.global_num_experts
+        if not isinstance(numerics, Numerics):
+            parse_name(numerics, "numerics", ("ideal", *ENGINE_NAMES))
+        self.numerics = numerics
         self._call = ExpertsCall(w1, w2, qc, expert_map, info.global_num_experts, self.activation,
                                  self.apply_router_weight_on_input)
         # One bound plan per (activation dtype, topk weights dtype, device), the last used first.
@@ -111,15 +119,16 @@ class MoEExperts:
 
     def rebind(self, *, w1: Any = _UNSET, w2: Any = _UNSET, quant_config: Any = _UNSET, expert_map: Any = _UNSET,
                global_num_experts: Any = _UNSET, activation: Any = _UNSET, apply_router_weight_on_input: Any = _UNSET,
-               backend: Any = _UNSET) -> MoEExperts:
+               backend: Any = _UNSET, numerics: Any = _UNSET) -> MoEExperts:
         """A new, fully validated ``MoEExperts`` with the given arguments replaced (the others
         kept): the explicit step after the weights or the expert map are replaced."""
         args: dict[str, Any] = dict(w1=self.w1, w2=self.w2, quant_config=self.quant_config, expert_map=self.expert_map,
                     global_num_experts=self.global_num_experts, activation=self.activation,
-                    apply_router_weight_on_input=self.apply_router_weight_on_input, backend=self.backend)
+                    apply_router_weight_on_input=self.apply_router_weight_on_input, backend=self.backend,
+                    numerics=self.numerics)
         given = dict(w1=w1, w2=w2, quant_config=quant_config, expert_map=expert_map,
                      global_num_experts=global_num_experts, activation=activation,
-                     apply_router_weight_on_input=apply_router_weight_on_input, backend=backend)
+                     apply_router_weight_on_input=apply_router_weight_on_input, backend=backend, numerics=numerics)
         args.update({k: v for k, v in given.items() if v is not _UNSET})
         if given["expert_map"] is not _UNSET and given["global_num_experts"] is _UNSET:
             args["global_num_experts"] = -1
@@ -156,7 +165,8 @@ class MoEExperts:
                 raise UnsupportedFeatureError(chosen, None, "mixed per-projection precision (MixedQuantConfig)",
                                               detail="the engines' fused kernels run both GEMMs in one scheme; "
                                               "use backend='reference'")
-            runner = get_impl("fused_experts", chosen, hidden_states.is_cuda)(self._call)
+            call = dataclasses.replace(self._call, numerics=resolve_numerics(self.numerics, chosen))
+            runner = get_impl("fused_experts", chosen, hidden_states.is_cuda)(call)
             plan = self._plans[key] = Plan(hidden_states, topk_weights, gne, num_local, runner)
         self._plan = plan
         if hidden_states.shape[0] == 0:

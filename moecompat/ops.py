@@ -37,6 +37,7 @@ from .quant import (
     QuantConfig,
     make_quant_config,
 )
+from .reference.numerics import IDEAL, Numerics
 from .vocab import TopK
 
 __all__ = ["AVAILABLE", "is_compiling"]
@@ -44,8 +45,9 @@ __all__ = ["AVAILABLE", "is_compiling"]
 #: Whether this torch can register moecompat's custom ops and trace the public functions as them.
 AVAILABLE: bool = hasattr(torch.library, "custom_op") and hasattr(torch.compiler, "substitute_in_graph")
 
-#: ``torch.compiler.is_compiling`` (bound once: the hot path of ``MoEExperts`` asks it).
-is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
+#: Whether Dynamo is tracing (``torch.compiler.is_dynamo_compiling``: a function that returns
+#: False, which Dynamo replaces by True; about 30 ns, so the hot path of ``MoEExperts`` can ask).
+is_compiling: Callable[[], bool] = getattr(torch.compiler, "is_dynamo_compiling", lambda: False)
 
 _QC_TENSORS = ("w1_scale", "w2_scale", "a1_scale", "a2_scale", "w1_zp", "w2_zp")
 # (scheme, options, ids of the scale tensors) -> (weak refs to them, the rebuilt QuantConfig).
@@ -79,6 +81,16 @@ def _rebuild_quant_config(tensors: tuple[torch.Tensor | None, ...], scheme: str,
     return qc
 
 
+def _traceable_numerics(numerics: Any) -> str:
+    """A ``numerics`` argument as the op's string: a name, or the ideal arithmetic."""
+    if isinstance(numerics, Numerics):
+        if numerics is IDEAL:
+            return "ideal"
+        raise UnsupportedFeatureError("moecompat", None, "a custom Numerics object under torch.compile",
+                                      detail="pass numerics='ideal', 'vllm' or 'sglang' (a name crosses the custom op)")
+    return str(numerics)
+
+
 def _traceable_quant_config(quant_config: Any) -> QuantConfig:
     qc = UNQUANTIZED if quant_config is None else quant_config
     if isinstance(qc, (MixedQuantConfig, PerExpertQuantConfig)):
@@ -100,13 +112,14 @@ if AVAILABLE:
         a1_scale: torch.Tensor | None, a2_scale: torch.Tensor | None, w1_zp: torch.Tensor | None,
         w2_zp: torch.Tensor | None, scheme: str, block_shape: list[int] | None, per_act_token_quant: bool,
         per_out_ch_quant: bool, group_size: int, expert_map: torch.Tensor | None, activation: str,
-        global_num_experts: int, apply_router_weight_on_input: bool, backend: str,
+        global_num_experts: int, apply_router_weight_on_input: bool, backend: str, numerics: str,
     ) -> torch.Tensor:
         qc = _rebuild_quant_config((w1_scale, w2_scale, a1_scale, a2_scale, w1_zp, w2_zp), scheme, block_shape,
                                    per_act_token_quant, per_out_ch_quant, group_size)
         return api.fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, activation=activation, quant_config=qc,
                                  expert_map=expert_map, global_num_experts=global_num_experts,
-                                 apply_router_weight_on_input=apply_router_weight_on_input, backend=backend)  # type: ignore[arg-type]
+                                 apply_router_weight_on_input=apply_router_weight_on_input, backend=backend,  # type: ignore[arg-type]
+                                 numerics=numerics)
 
     @_fused_experts_op.register_fake
     def _(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *rest: Any) -> torch.Tensor:
@@ -178,15 +191,17 @@ if AVAILABLE:
         hidden_states: torch.Tensor, w1: torch.Tensor | None, w2: torch.Tensor | None, topk_weights: torch.Tensor,
         topk_ids: torch.Tensor, *, activation: Any = "silu", quant_config: Any = None, expert_map: torch.Tensor | None = None,
         global_num_experts: int = -1, apply_router_weight_on_input: bool = False, inplace: bool = False,
-        backend: Any = "auto",
+        backend: Any = "auto", numerics: Any = "ideal",
     ) -> torch.Tensor:
         backend_name = api._backend_name(backend)
         act = api._activation(activation)
         qc = _traceable_quant_config(quant_config)
+        numerics_name = _traceable_numerics(numerics)
         hs, tw, ti, _, _ = _checks.check_fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, qc, expert_map,  # type: ignore[arg-type]
                                                        global_num_experts, inplace, values=False)
         out = torch.ops.moecompat.fused_experts(hs, w1, w2, tw, ti, *_quant_args(qc), expert_map, act.value,
-                                                global_num_experts, apply_router_weight_on_input, backend_name)
+                                                global_num_experts, apply_router_weight_on_input, backend_name,
+                                                numerics_name)
         if inplace:
             hidden_states.copy_(out)
             return hidden_states
@@ -266,7 +281,8 @@ if AVAILABLE:
             hidden_states, experts.w1, experts.w2, topk_weights, topk_ids, activation=experts.activation.value,
             quant_config=experts.quant_config, expert_map=experts.expert_map,
             global_num_experts=experts.global_num_experts,
-            apply_router_weight_on_input=experts.apply_router_weight_on_input, inplace=inplace, backend=experts.backend)
+            apply_router_weight_on_input=experts.apply_router_weight_on_input, inplace=inplace, backend=experts.backend,
+            numerics=experts.numerics)
 
     for _public, _traced in ((api.fused_experts, _traced_fused_experts), (api.select_experts, _traced_select_experts),
                              (api.fused_moe, _traced_fused_moe), (api.moe_align_block_size, _traced_moe_align_block_size)):

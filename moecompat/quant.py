@@ -39,7 +39,9 @@ from .vocab import QuantScheme, parse_scheme
 __all__ = [
     "FP8_DTYPE",
     "FP8_MAX",
+    "IDEAL_ACTIVATION_QUANT",
     "INT8_MAX",
+    "ActivationQuantRules",
     "ExpertGroup",
     "MixedQuantConfig",
     "PerExpertQuantConfig",
@@ -679,6 +681,57 @@ def dequantize_weights(
 # Activations (what a w8a8 kernel does to its input before each GEMM)
 
 
+@dataclasses.dataclass(frozen=True)
+class ActivationQuantRules:
+    """How a w8a8 kernel quantizes a GEMM input: the arithmetic conventions of the engines'
+    quantizers, which moecompat's reference follows under an engine's
+    [`Numerics`][moecompat.reference.Numerics]. The defaults are moecompat's *ideal* arithmetic
+    (``amax`` floored at 1e-10, a true division, round half to even).
+
+    | field | effect |
+    |---|---|
+    | ``tensor_amax_floor`` / ``token_amax_floor`` / ``block_amax_floor`` | ``amax = max(amax, floor)`` before ``scale = amax / qmax`` (0: no floor) |
+    | ``token_scale_floor`` | ``scale = max(scale, floor)`` (vLLM's fp8 per-token ``1/(448*512)``) |
+    | ``tensor_reciprocal`` / ``token_reciprocal`` / ``static_reciprocal`` | quantize by ``x * fl32(1/scale)`` instead of ``x / scale`` |
+    | ``block_ue8m0`` | block scales rounded up to powers of two (vLLM with DeepGEMM's UE8M0) |
+    | ``block_by_inverse_amax`` | block codes ``x * fl32(qmax/amax)``, stored scale ``amax * fl32(1/qmax)`` (SGLang) |
+    | ``int8_token_by_inverse_amax`` | int8 per-token codes ``x * fl32(127/amax)`` (both engines) |
+    | ``int8_round_half_away`` | int8 rounding half away from zero (``libdevice.round``) instead of half to even |
+    """
+
+    tensor_amax_floor: float = 1e-10
+    token_amax_floor: float = 1e-10
+    block_amax_floor: float = 1e-10
+    token_scale_floor: float = 0.0
+    tensor_reciprocal: bool = False
+    token_reciprocal: bool = False
+    static_reciprocal: bool = False
+    block_ue8m0: bool = False
+    block_by_inverse_amax: bool = False
+    int8_token_by_inverse_amax: bool = False
+    int8_round_half_away: bool = False
+
+
+IDEAL_ACTIVATION_QUANT = ActivationQuantRules()
+
+
+def _ceil_pow2(scale: torch.Tensor) -> torch.Tensor:
+    """``2 ** ceil(log2(scale))`` for positive float32 scales, bit-exactly: round the exponent up
+    when the mantissa is not zero (UE8M0)."""
+    bits = scale.float().contiguous().view(torch.int32)
+    exponent = (bits >> 23) & 0xFF
+    mantissa = bits & 0x7FFFFF
+    exponent = exponent + (mantissa != 0).to(torch.int32)
+    return (exponent << 23).view(torch.float32)
+
+
+def _to_codes(v: torch.Tensor, fp8: bool, rules: ActivationQuantRules, half_away: bool) -> torch.Tensor:
+    if fp8:
+        return v.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)  # saturating, round to nearest even
+    r = torch.sign(v) * torch.floor(v.abs() + 0.5) if half_away else v.round()
+    return r.clamp(-128, 127).to(torch.int8)
+
+
 def quantize_activation(
     x: torch.Tensor,
     scheme: str | QuantScheme,
@@ -686,12 +739,14 @@ def quantize_activation(
     scale: torch.Tensor | None = None,
     per_act_token_quant: bool = False,
     block_k: int | None = None,
+    rules: ActivationQuantRules = IDEAL_ACTIVATION_QUANT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize activations ``x [T, K]`` as fp8/int8 w8a8 kernels do.
 
     Static per-tensor when ``scale`` (numel 1) is given; else dynamic: per ``[1, block_k]``
     group, per token, or per tensor. Returns ``(q, scale)`` with scale ``[T, K/block_k]``,
-    ``[T, 1]`` or ``[1]`` (float32).
+    ``[T, 1]`` or ``[1]`` (float32). ``rules``: the quantizer's arithmetic (an engine's, see
+    [`ActivationQuantRules`][moecompat.quant.ActivationQuantRules]).
     """
     s = parse_scheme(scheme)
     if s not in _W8A8:
@@ -704,35 +759,50 @@ def quantize_activation(
     if scale is not None and (not isinstance(scale, torch.Tensor) or scale.numel() != 1 or not scale.is_floating_point()):
         raise InvalidInputError("scale", "a static per-tensor scale (a float tensor with one value) or None",
                                 list(scale.shape) if isinstance(scale, torch.Tensor) else describe(scale))
+    if not isinstance(rules, ActivationQuantRules):
+        raise InvalidInputError("rules", "a moecompat.quant.ActivationQuantRules", describe(rules))
     fp8 = s is QuantScheme.FP8_W8A8
     qmax = FP8_MAX if fp8 else INT8_MAX
     xf = x.float()
     t, k = xf.shape
+    half_away = False
     if scale is not None:
         sc = scale.float().reshape(1)
-        full = sc.reshape(1, 1)
+        v = xf * (1.0 / sc) if rules.static_reciprocal else xf / sc
     elif block_k is not None:
         nb = math.ceil(k / block_k)
         padded = torch.zeros(t, nb * block_k, device=x.device)
         padded[:, :k] = xf
-        amax = padded.reshape(t, nb, block_k).abs().amax(dim=-1)
-        sc = amax.clamp(min=1e-10) / qmax
-        full = sc.repeat_interleave(block_k, dim=-1)[:, :k]
+        amax = padded.reshape(t, nb, block_k).abs().amax(dim=-1).clamp(min=rules.block_amax_floor)
+        if rules.block_by_inverse_amax:
+            sc = amax * torch.tensor(1.0 / qmax, dtype=torch.float32)
+            mult = (qmax / amax).repeat_interleave(block_k, dim=-1)[:, :k]
+            v = xf * mult
+        else:
+            sc = amax / qmax
+            if rules.block_ue8m0:
+                sc = _ceil_pow2(sc)
+            v = xf / sc.repeat_interleave(block_k, dim=-1)[:, :k]
     elif per_act_token_quant:
-        amax = xf.abs().amax(dim=-1, keepdim=True)
-        sc = amax.clamp(min=1e-10) / qmax
-        full = sc
+        amax = xf.abs().amax(dim=-1, keepdim=True).clamp(min=rules.token_amax_floor)
+        if not fp8 and rules.int8_token_by_inverse_amax:
+            sc = amax / qmax
+            v = xf * (qmax / amax)
+            half_away = rules.int8_round_half_away
+        else:
+            sc = (amax / qmax).clamp(min=rules.token_scale_floor)
+            v = xf * (1.0 / sc) if rules.token_reciprocal else xf / sc
     else:
         amax = xf.abs().amax().reshape(1) if xf.numel() else torch.ones(1, device=x.device)
-        sc = amax.clamp(min=1e-10) / qmax
-        full = sc.reshape(1, 1)
-    q = xf / full
-    q = q.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE) if fp8 else q.round().clamp(-128, 127).to(torch.int8)
-    return q, sc
+        sc = amax.clamp(min=rules.tensor_amax_floor) / qmax
+        v = xf * (1.0 / sc) if rules.tensor_reciprocal else xf / sc
+    # A zero scale (all-zero input, no floor): the kernels' codes dequantize to 0.
+    v = torch.nan_to_num(v, nan=0.0)
+    return _to_codes(v, fp8, rules, half_away), sc
 
 
 def dequantize_activation(q: torch.Tensor, scale: torch.Tensor, *, block_k: int | None = None) -> torch.Tensor:
-    """Inverse of :func:`quantize_activation` (float32)."""
+    """Inverse of [`quantize_activation`][moecompat.quant.quantize_activation] (float32)."""
     qf = q.float()
     if scale.numel() == 1:
         return qf * scale.float().reshape(1, 1)
@@ -741,13 +811,14 @@ def dequantize_activation(q: torch.Tensor, scale: torch.Tensor, *, block_k: int 
     return qf * scale.float()
 
 
-def fake_quantize_activation(x: torch.Tensor, cfg: QuantConfig, which: int) -> torch.Tensor:
+def fake_quantize_activation(x: torch.Tensor, cfg: QuantConfig, which: int,
+                             rules: ActivationQuantRules = IDEAL_ACTIVATION_QUANT) -> torch.Tensor:
     """Quantize then dequantize the input of GEMM ``which`` (1 or 2) as the kernel would."""
     assert cfg.scheme is not None
     scale = cfg.a1_scale if which == 1 else cfg.a2_scale
     block_k = cfg.block_shape[1] if cfg.block_shape is not None else None
     q, sc = quantize_activation(
-        x, cfg.scheme, scale=scale, per_act_token_quant=cfg.per_act_token_quant, block_k=block_k
+        x, cfg.scheme, scale=scale, per_act_token_quant=cfg.per_act_token_quant, block_k=block_k, rules=rules
     )
     return dequantize_activation(q, sc, block_k=block_k)
 

@@ -180,24 +180,27 @@ class Engine(Backend):
             raise KeyError(f"{self.name}: no symbol fact for {symbol!r}")
         v = self.version()
         holding = [f for f in candidates if v is not None and f.holds_for(v)]
-        tried = []
+        tried: list[str] = []
+        missed: list[Fact] = []
         for f in holding + [f for f in candidates if f not in holding]:
             try:
                 obj = f.location.load()
             except ImportError as exc:
                 tried.append(f"{f.where}: {type(exc).__name__}: {exc}")
+                missed.append(f)
                 continue
             except AttributeError:
                 tried.append(f"{f.where}: not defined")
+                missed.append(f)
                 continue
             if accept is not None and not accept(obj):
                 tried.append(f"{f.where}: present but not usable (placeholder)")
                 continue
             if f not in holding:
                 self._note(f"{symbol}: found at {f.where}, which fact {f.key!r} gives for {self.name}{f.versions} only")
-            for missed in holding:
-                if missed is not f:
-                    self._note(f"{symbol}: not at {missed.where} (fact {missed.key!r}: {self.name}{missed.versions})")
+            for m in missed:
+                if m in holding:
+                    self._note(f"{symbol}: not at {m.where} (fact {m.key!r}: {self.name}{m.versions})")
             return f, obj
         raise ProbeFailure(symbol, tried, expected=bool(holding))
 
@@ -264,7 +267,7 @@ class Engine(Backend):
             if f.kind == "param" and f.key.startswith(prefix) and f.where == found.where:
                 alias = f.key[len(prefix):].split("@", 1)[0]
                 name = self.param(f.key, target)
-                if name is not None:
+                if name is not None and alias not in out:  # the first fact of an alias wins
                     out[alias] = name
         return Params(self, found.symbol, target, out)
 

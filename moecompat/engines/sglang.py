@@ -28,7 +28,8 @@ import torch
 
 from .._adapters import Fact, Resolution
 from .._calls import ExpertsCall, RoutingCall
-from ..quant import QuantConfig
+from ..quant import ActivationQuantRules, QuantConfig
+from ..reference.numerics import Numerics
 from ..vocab import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT, Activation, QuantScheme, ScoringFunc, TopK
 from ._specs import ENGINE_SPECS
 from ._triton import KernelCall, KernelRunner, restoring_override
@@ -47,6 +48,9 @@ SERVER_ARGS = "sglang.srt.server_args"
 EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel on every platform but NPU/HIP"
 OUTPLACE_NEEDS_TP_GROUP = "out-of-place Triton fused_experts allocates its output with get_tp_group()"
 SIGMOID_NEEDS_BIAS = "sigmoid scoring only with a correction bias (biased_grouped_topk)"
+NUMERICS_KNOWN = ("Triton fused_experts numerics: block fp8 x*fl(448/amax) (no UE8M0), per-tensor and per-token "
+                  "fp8 x*fl(1/s) without floors, int8 per-token x*fl(127/amax) rounded half away, intermediates in "
+                  "the compute dtype (fp16 for fp32 activations), act_and_mul rounded once")
 
 _QUANT_KWARGS = ("use_fp8_w8a8", "use_int8_w8a8", "use_int8_w8a16", "use_int4_w4a16", "per_channel_quant",
                  "w1_scale", "w2_scale", "w1_zp", "w2_zp", "a1_scale", "a2_scale", "block_shape")
@@ -117,7 +121,7 @@ FACTS: tuple[Fact, ...] = (
              "use_int4_w4a16", place="new"),
     *_params("config_dtype_str", f"{OLD_CFG}:get_config_dtype_str", ">=0.5.2,<0.5.11", "use_fp8_w8a8", "use_int8_w8a16",
              "use_int4_w4a16", place="config"),
-    *_params("config_dtype_str", f"{OLD_FM}:get_config_dtype_str", "<0.5.2", "use_fp8_w8a8", "use_int8_w8a16",
+    *_params("config_dtype_str", f"{OLD_FM}:get_config_dtype_str", "<0.5.11", "use_fp8_w8a8", "use_int8_w8a16",
              "use_int4_w4a16", place="fused_moe"),
     Fact("get_config_file_name@new", ">=0.5.11", f"{NEW_CFG}:get_config_file_name"),
     Fact("get_config_file_name@config", ">=0.5.2,<0.5.11", f"{OLD_CFG}:get_config_file_name"),
@@ -153,6 +157,9 @@ FACTS: tuple[Fact, ...] = (
     Fact("ServerArgs", ">=0.4.7", f"{SERVER_ARGS}:ServerArgs"),
     Fact("get_global_server_args", ">=0.5.3.post2", f"{SERVER_ARGS}:get_global_server_args"),
     Fact("set_global_server_args_for_scheduler", ">=0.5.3.post2", f"{SERVER_ARGS}:set_global_server_args_for_scheduler"),
+    # numerics of the Triton fused_experts (the engine-faithful reference follows them), from the
+    # released sources; pinned on the GPU by tests/gpu against the faithful reference.
+    Fact(NUMERICS_KNOWN, ">=0.5.11", kind="behaviour"),
 )
 
 ENGINE = Engine(next(s for s in ENGINE_SPECS if s["name"] == "sglang"), FACTS,
@@ -486,6 +493,20 @@ def _build_ep_layer(engine: Engine) -> Resolution:
         return engine.ok("ep_moe_layer_class", impl, fn, "get_moe_impl_class(quant_config)" if takes_cfg else "get_moe_impl_class()")
     _, cls = engine.find("EPMoE")
     return engine.ok("ep_moe_layer_class", lambda quant_config=None: cls, cls, "EPMoE")
+
+
+@ENGINE.adapter("numerics")
+def _build_numerics(engine: Engine) -> Resolution:
+    """The arithmetic of this release's Triton ``fused_experts``, for the engine-faithful reference."""
+    if not engine.holds(NUMERICS_KNOWN):
+        raise engine.unsupported("sglang numerics (the engine-faithful reference)", engine.range(NUMERICS_KNOWN),
+                                 detail="this release's kernel arithmetic was not read")
+    rules = ActivationQuantRules(tensor_amax_floor=0.0, tensor_reciprocal=True, token_amax_floor=0.0,
+                                 token_reciprocal=True, static_reciprocal=True, block_by_inverse_amax=True,
+                                 int8_token_by_inverse_amax=True, int8_round_half_away=True)
+    numerics = Numerics(f"sglang {engine.version_str()}", rules, round_intermediates=True,
+                        compute_dtype_for_fp32=torch.float16)
+    return engine.ok("numerics", lambda: numerics, "sglang Triton fused_experts", "facts")
 
 
 __all__ = ["ENGINE", "EP_LAYER_NEEDS_SGL_KERNEL", "FACTS", "OUTPLACE_NEEDS_TP_GROUP"]

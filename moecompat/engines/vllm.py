@@ -22,7 +22,8 @@ import torch
 from .._adapters import Fact, Resolution
 from .._calls import ExpertsCall, RoutingCall
 from ..errors import EngineImportError
-from ..quant import QuantConfig
+from ..quant import ActivationQuantRules, QuantConfig
+from ..reference.numerics import Numerics
 from ..vocab import Activation, Mxfp4Backend, QuantScheme, ScoringFunc, TopK, parse_mxfp4_backend
 from ._specs import ENGINE_SPECS
 from ._triton import KernelCall, KernelRunner, restoring_override
@@ -43,6 +44,11 @@ EXPERT_MAP_NAN_ROWS = "expert_map with dynamic per-tensor w8a8 scales gives NaN 
 DEEPSEEK_BIAS = "grouped_topk with a bias follows DeepSeek-V3 (unbiased weights, top-2 group scores)"
 PLACEHOLDERS = "package-level fused_experts is a placeholder without a Triton driver"
 REMAINDER_TO_LAST_RANK = "determine_expert_map gives the remainder to the last rank"
+BLOCK_UE8M0 = "block-fp8 activation scales are powers of two (UE8M0) where is_deep_gemm_e8m0_used() says so"
+NUMERICS_KNOWN = ("Triton fused_experts numerics: per-tensor fp8 x*fl(1/s) without a floor, per-token fp8 x/s with "
+                  "scales floored at 1/(448*512), int8 per-token x*fl(127/amax) rounded half away, bf16 intermediates, "
+                  "act_and_mul rounded twice")
+SEQUENTIAL_TOPK_SUM = "moe_sum adds top-k 3 and 4 in the activation dtype, rounding after every add"
 
 
 def _params(symbol: str, where: str, versions: str, *names: str, place: str = "") -> tuple[Fact, ...]:
@@ -199,16 +205,22 @@ FACTS: tuple[Fact, ...] = (
     Fact("VllmConfig@vllm", ">=0.11.1", f"{VCFG}.vllm:VllmConfig"),
     Fact("VllmConfig@config", ">=0.6.5", f"{VCFG}:VllmConfig", what="VllmConfig importable from vllm.config"),
     *_params("VllmConfig", f"{VCFG}.vllm:VllmConfig", ">=0.11.1", "model_config", place="vllm"),
-    *_params("VllmConfig", f"{VCFG}:VllmConfig", ">=0.6.5,<0.11.1", "model_config", place="config"),
+    *_params("VllmConfig", f"{VCFG}:VllmConfig", ">=0.6.5", "model_config", place="config"),
     Fact("ModelConfig@model", ">=0.11", f"{VCFG}.model:ModelConfig"),
     Fact("ModelConfig@config", ">=0.6", f"{VCFG}:ModelConfig", what="ModelConfig importable from vllm.config"),
     *_params("ModelConfig", f"{VCFG}.model:ModelConfig", ">=0.11", "model", "tokenizer", "skip_tokenizer_init", "dtype",
              place="model"),
-    *_params("ModelConfig", f"{VCFG}:ModelConfig", "<0.11", "model", "tokenizer", "skip_tokenizer_init", "dtype",
+    *_params("ModelConfig", f"{VCFG}:ModelConfig", ">=0.6", "model", "tokenizer", "skip_tokenizer_init", "dtype",
              place="config"),
     # A lazy module attribute from 0.7 on (vllm.platforms.__getattr__): the static snapshots
     # cannot see it; the engine matrix imports it.
     Fact("current_platform", ">=0.6", "vllm.platforms:current_platform", static=False),
+    # numerics of the Triton fused_experts (the engine-faithful reference follows them) -----------
+    # (from the released sources; pinned on the GPU by tests/gpu against the faithful reference)
+    Fact("is_deep_gemm_e8m0_used", ">=0.10.2", "vllm.utils.deep_gemm:is_deep_gemm_e8m0_used"),
+    Fact(BLOCK_UE8M0, ">=0.10.2", kind="behaviour"),
+    Fact(NUMERICS_KNOWN, ">=0.11", kind="behaviour"),
+    Fact(SEQUENTIAL_TOPK_SUM, ">=0.11,<0.25", kind="behaviour"),
 )
 
 ENGINE = Engine(next(s for s in ENGINE_SPECS if s["name"] == "vllm"), FACTS)
@@ -907,6 +919,28 @@ def _build_ep_layer(engine: Engine) -> Resolution:
     FusedMoEFactory from 0.27)."""
     fact, cls = engine.find("ep_layer")
     return engine.ok("ep_moe_layer_class", lambda quant_config=None: cls, cls, fact.location.qualname)
+
+
+@ENGINE.adapter("numerics")
+def _build_numerics(engine: Engine) -> Resolution:
+    """The arithmetic of this release's Triton ``fused_experts`` on this machine, for the
+    engine-faithful reference (``fused_experts(..., backend="reference", numerics="vllm")``)."""
+    if not engine.holds(NUMERICS_KNOWN):
+        raise engine.unsupported("vllm numerics (the engine-faithful reference)", engine.range(NUMERICS_KNOWN),
+                                 detail="this release's kernel arithmetic was not read")
+    e8m0 = engine.load_fact("is_deep_gemm_e8m0_used") if engine.holds(BLOCK_UE8M0) else None
+    sequential = (3, 4) if engine.holds(SEQUENTIAL_TOPK_SUM) else ()
+
+    def impl() -> Numerics:
+        # Asked at call time: DeepGEMM's availability, the GPU and VLLM_USE_DEEP_GEMM* decide it.
+        ue8m0 = bool(e8m0()) if e8m0 is not None else False
+        rules = ActivationQuantRules(tensor_amax_floor=0.0, tensor_reciprocal=True, token_amax_floor=0.0,
+                                     token_scale_floor=1.0 / (448.0 * 512.0), static_reciprocal=True,
+                                     block_ue8m0=ue8m0, int8_token_by_inverse_amax=True, int8_round_half_away=True)
+        return Numerics(f"vllm {engine.version_str()}{' (UE8M0 block scales)' if ue8m0 else ''}", rules,
+                        round_intermediates=True, double_rounded_activation=True, sequential_topk_sum=sequential)
+
+    return engine.ok("numerics", impl, "vllm Triton fused_experts", "ue8m0 oracle" if e8m0 else "facts")
 
 
 def supports_expert_map_by_name(cls: type) -> bool | None:

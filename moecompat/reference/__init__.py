@@ -8,9 +8,12 @@ dtype, one matmul per expert otherwise); there is no Python loop over tokens.
 from .align import moe_align_block_size
 from .config import get_config_dtype_str, make_expert_map
 from .experts import fused_experts
+from .numerics import IDEAL, Numerics
 from .routing import select_experts
 
 __all__ = [
+    "IDEAL",
+    "Numerics",
     "fused_experts",
     "get_config_dtype_str",
     "make_expert_map",

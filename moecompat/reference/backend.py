@@ -27,13 +27,21 @@ REFERENCE = Backend("reference", lacks={
 })
 
 
+@REFERENCE.adapter("numerics")
+def _build_numerics(backend: Backend) -> Resolution:
+    from .numerics import IDEAL
+
+    return backend.ok("numerics", lambda: IDEAL, "moecompat.reference.numerics:IDEAL", "ideal")
+
+
 def _bind_experts(call: ExpertsCall) -> Any:
-    act, qc, emap, gne, on_input, out_dtype = (call.activation, call.quant_config, call.expert_map,
-                                               call.global_num_experts, call.apply_router_weight_on_input, call.out_dtype)
+    act, qc, emap, gne, on_input, out_dtype, numerics = (
+        call.activation, call.quant_config, call.expert_map, call.global_num_experts, call.apply_router_weight_on_input,
+        call.out_dtype, call.numerics)
 
     def run(hidden_states: Any, w1: Any, w2: Any, topk_weights: Any, topk_ids: Any, inplace: bool) -> Any:
         return fused_experts(hidden_states, w1, w2, topk_weights, topk_ids, act, qc, emap, gne, on_input, inplace,
-                             out_dtype=out_dtype)
+                             out_dtype=out_dtype, numerics=numerics)
 
     return run
 

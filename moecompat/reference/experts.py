@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..quant import MixedQuantConfig, QuantConfig, dequantize_weights, fake_quantize_activation
 from ..vocab import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT, Activation
+from .numerics import IDEAL, Numerics
 
 _GROUPED_MM = getattr(torch, "_grouped_mm", None)
 _grouped_mm_ok: dict[tuple[str, torch.dtype], bool] = {}
@@ -70,9 +71,13 @@ def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> to
     return out
 
 
-def apply_activation(h: torch.Tensor, activation: Activation) -> torch.Tensor:
-    """Gated activation of ``h [N, 2I]`` -> ``[N, I]`` (computed in float32)."""
+def apply_activation(h: torch.Tensor, activation: Activation, round_to: torch.dtype | None = None,
+                     double_rounding: bool = False) -> torch.Tensor:
+    """Gated activation of ``h [N, 2I]`` -> ``[N, I]``, computed in float32 and stored in
+    ``round_to`` (default ``h.dtype``); ``double_rounding``: round ``act(gate)`` to it before the
+    product too, as vLLM's ``act_and_mul`` kernels do."""
     hf = h.float()
+    dtype = h.dtype if round_to is None else round_to
     if activation is Activation.SWIGLUOAI:
         gate = hf[:, 0::2].clamp(max=SWIGLUOAI_LIMIT)
         up = hf[:, 1::2].clamp(min=-SWIGLUOAI_LIMIT, max=SWIGLUOAI_LIMIT)
@@ -80,8 +85,11 @@ def apply_activation(h: torch.Tensor, activation: Activation) -> torch.Tensor:
     else:
         i = hf.shape[-1] // 2
         gate, up = hf[:, :i], hf[:, i:]
-        out = (F.silu(gate) if activation is Activation.SILU else F.gelu(gate)) * up
-    return out.to(h.dtype)
+        act = F.silu(gate) if activation is Activation.SILU else F.gelu(gate)
+        if double_rounding:
+            act = act.to(dtype).float()
+        out = act * up
+    return out.to(dtype)
 
 
 def fused_experts(
@@ -98,6 +106,7 @@ def fused_experts(
     inplace: bool,
     *,
     out_dtype: torch.dtype | None = None,
+    numerics: Numerics = IDEAL,
 ) -> torch.Tensor:
     """Reference MoE expert computation (arguments already validated by moecompat.api).
 
@@ -106,7 +115,12 @@ def fused_experts(
     ``hidden_states.dtype`` (written into ``hidden_states`` when ``inplace``). ``out_dtype``
     (not with ``inplace``): return the float32 sum over ``k`` in this dtype instead, e.g.
     ``torch.float32`` to add the outputs of several expert groups without rounding each.
+    ``numerics``: the arithmetic to follow (moecompat's ideal one, or an engine's kernels'; see
+    [`Numerics`][moecompat.reference.Numerics]).
     """
+    if numerics is not IDEAL:
+        return _faithful(hidden_states, w1, w2, topk_weights, topk_ids, activation, quant_config, expert_map,
+                         apply_router_weight_on_input, inplace, out_dtype, numerics)
     t, h = hidden_states.shape
     k = topk_ids.shape[1]
     num_local = w1.shape[0]
@@ -157,6 +171,90 @@ def fused_experts(
     if not apply_router_weight_on_input:
         slots = slots * slot_weights[:, None]
     out = slots.view(t, k, h).sum(dim=1)
+    if out_dtype is not None and not inplace:
+        return out.to(out_dtype)
+    out = out.to(hidden_states.dtype)
+    if inplace:
+        hidden_states.copy_(out)
+        return hidden_states
+    return out
+
+
+def _route(topk_ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(order, counts, valid, sorted_valid)``: the (token, k) slots sorted by local expert (slots
+    of no local expert, or of ids out of range, last, in a dummy group)."""
+    flat_ids = topk_ids.reshape(-1).long()
+    if expert_map is not None:
+        n_map = expert_map.shape[0]
+        in_map = (flat_ids >= 0) & (flat_ids < n_map)
+        flat_ids = torch.where(in_map, expert_map.long()[flat_ids.clamp(0, max(n_map - 1, 0))], -1)
+    valid = (flat_ids >= 0) & (flat_ids < num_local)
+    flat_ids = torch.where(valid, flat_ids, num_local)
+    order = torch.argsort(flat_ids, stable=True)
+    counts = torch.zeros(num_local + 1, dtype=torch.int64, device=flat_ids.device)
+    counts.index_add_(0, flat_ids, torch.ones_like(flat_ids))
+    return order, counts[:num_local], valid, valid[order]
+
+
+def _faithful(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor, activation: Activation, cfg: QuantConfig | MixedQuantConfig,
+              expert_map: torch.Tensor | None, apply_router_weight_on_input: bool, inplace: bool,
+              out_dtype: torch.dtype | None, numerics: Numerics) -> torch.Tensor:
+    """The reference under an engine's numerics: float32 GEMMs on exactly representable inputs,
+    with the kernels' rounding points (GEMM outputs, the activation, the top-k sum) and their
+    quantizers."""
+    # float32 GEMMs must be float32 (not TF32) for the rounding points to be the kernels'.
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        return _faithful_fp32(hidden_states, w1, w2, topk_weights, topk_ids, activation, cfg, expert_map,
+                              apply_router_weight_on_input, inplace, out_dtype, numerics)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
+def _faithful_fp32(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+                   topk_ids: torch.Tensor, activation: Activation, cfg: QuantConfig | MixedQuantConfig,
+                   expert_map: torch.Tensor | None, apply_router_weight_on_input: bool, inplace: bool,
+                   out_dtype: torch.dtype | None, numerics: Numerics) -> torch.Tensor:
+    t, h = hidden_states.shape
+    k = topk_ids.shape[1]
+    num_local = w1.shape[0]
+    rd = numerics.compute_dtype(hidden_states.dtype)
+    rules = numerics.activation_quant
+    c1, c2 = (cfg.for_gemm(1), cfg.for_gemm(2)) if isinstance(cfg, MixedQuantConfig) else (cfg, cfg)
+    w1f = dequantize_weights(w1, c1, 1, torch.float32)
+    w2f = dequantize_weights(w2, c2, 2, torch.float32)
+    order, counts, valid, sorted_valid = _route(topk_ids, expert_map, num_local)
+    slot_weights = topk_weights.reshape(-1).float()
+    # The kernel reads the activations in its compute dtype.
+    x = hidden_states.to(rd)[order // k]
+    x = fake_quantize_activation(x, c1, 1, rules) if c1.quantizes_activations else x.float()
+    inter = grouped_matmul(x, w1f, counts)
+    if apply_router_weight_on_input:
+        inter = inter * slot_weights[order, None]
+    inter = torch.where(sorted_valid[:, None], inter, 0)
+    if numerics.round_intermediates:
+        inter = inter.to(rd)
+    act = apply_activation(inter, activation, rd if numerics.round_intermediates else torch.float32,
+                           numerics.double_rounded_activation)
+    act = fake_quantize_activation(act, c2, 2, rules) if c2.quantizes_activations else act.float()
+    rows = grouped_matmul(act, w2f, counts)
+    if not apply_router_weight_on_input:
+        rows = rows * slot_weights[order, None]
+    rows = torch.where(sorted_valid[:, None], rows, 0.0)
+    if numerics.round_intermediates:
+        rows = rows.to(rd)
+    slots = torch.empty_like(rows)
+    slots[order] = rows
+    per_k = slots.view(t, k, h)
+    if k in numerics.sequential_topk_sum:
+        out = per_k[:, 0]
+        for j in range(1, k):
+            out = (out.float() + per_k[:, j].float()).to(rd)
+    else:
+        out = per_k.float().sum(dim=1)
     if out_dtype is not None and not inplace:
         return out.to(out_dtype)
     out = out.to(hidden_states.dtype)

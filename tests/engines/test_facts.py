@@ -32,6 +32,10 @@ def probe(fact: Fact):
             pytest.skip(f"not verifiable here: {module} imports sgl_kernel (CUDA only) in this release (behaviour fact)")
         raise
     for part in qualname.split("."):
+        # A class attribute counts where the class body defines it (not inherited), as the API
+        # snapshots record it and as the tracker hooks it.
+        if isinstance(obj, type) and part not in vars(obj):
+            return False
         if not hasattr(obj, part):
             return False
         obj = getattr(obj, part)

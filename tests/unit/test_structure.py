@@ -16,7 +16,7 @@ PKG = pathlib.Path(mc.__file__).resolve().parent
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "_version", "_metadata", "_scalars", "_mpl", "_workers"),
     ("vocab", "mx", "engines._specs"),
-    ("quant", "int4", "_adapters"),
+    ("quant", "int4", "_adapters", "reference.numerics"),
     ("_calls", "_checks"),
     ("reference", "engines"),
     ("_backends",),
