@@ -4,7 +4,7 @@ An *adapter* runs one moecompat entry point (``fused_experts``, ``select_experts
 backend (``reference``, ``vllm``, ``sglang``). A backend's *builder* for an entry point resolves
 it once per process: it finds the engine's symbols where its version facts say they live, picks a
 call form with ``inspect.Signature.bind`` and returns a specialised callable. The registry caches
-the outcome (a :class:`Resolution`); calling the adapter afterwards costs a dict lookup. A
+the outcome (a `Resolution`); calling the adapter afterwards costs a dict lookup. A
 ``TypeError`` raised while an engine kernel runs is never caught, so a real kernel error surfaces
 as itself.
 """
@@ -234,9 +234,9 @@ Builder = Callable[[Any], Resolution]
 class Backend:
     """A moecompat backend: a name and one builder per entry point it provides.
 
-    The reference backend is a plain ``Backend``; engines are :class:`moecompat.engines.base.Engine`
+    The reference backend is a plain ``Backend``; engines are `moecompat.engines.base.Engine`
     (version detection, guarded import, version facts). Builders are registered with
-    :meth:`adapter` and run once per process by :data:`REGISTRY`.
+    `adapter` and run once per process by `REGISTRY`.
     """
 
     #: Entry points the backend lacks on purpose, and why (``unsupported`` with that detail).

@@ -1,7 +1,7 @@
 """Backend registry and the ``"auto"`` choice (private).
 
 Every backend — the reference and each engine of ``moecompat/engines/_specs.py`` — registers a
-resolver per entry point with :data:`moecompat._adapters.REGISTRY`.
+resolver per entry point with `moecompat._adapters.REGISTRY`.
 
 ``backend="auto"``:
 
@@ -13,7 +13,7 @@ resolver per entry point with :data:`moecompat._adapters.REGISTRY`.
 
 An engine that is installed but fails to import, or whose release contradicts moecompat's facts
 (*drift*: a moved or renamed symbol, or a release newer than the tested range that lacks it), is
-skipped with one :class:`~moecompat.MoECompatWarning` naming why; with the environment variable
+skipped with one `MoECompatWarning` naming why; with the environment variable
 ``MOECOMPAT_STRICT=1`` it is an error instead (the
 [`EngineDriftError`][moecompat.EngineDriftError] or
 [`EngineImportError`][moecompat.EngineImportError]), so a deployment never silently runs the

@@ -3,7 +3,7 @@
 The public functions validate their arguments once and hand each backend one of these frozen
 objects. A backend's adapter *binds* it (translating quant configs, activations and flags into
 the engine's own objects once) and returns a runner that takes the per-call tensors;
-:class:`moecompat.MoEExperts` and the functional API's per-layer plans keep that runner, so a
+`moecompat.MoEExperts` and the functional API's per-layer plans keep that runner, so a
 repeated call costs the runner call alone.
 """
 

@@ -2,7 +2,7 @@
 
 Metadata checks (shape, dtype, device, layout) read only tensor attributes: they never
 synchronise the GPU and are safe under CUDA-graph capture. Value checks (expert id ranges) run on
-CPU tensors always and on CUDA tensors only in debug mode (:func:`set_debug` or the environment
+CPU tensors always and on CUDA tensors only in debug mode (`set_debug` or the environment
 variable ``MOECOMPAT_DEBUG=1``), because they need a device-to-host copy.
 """
 
@@ -247,7 +247,7 @@ def check_fused_experts(
 
     Non-contiguous ``hidden_states``/``topk_*`` are copied (kernels need them dense); weights
     whose last dimension is strided are rejected, since copying them on every call would be a
-    hidden cost. The weights' checks run once per weight set (see :data:`_weight_cache`); the
+    hidden cost. The weights' checks run once per weight set (see `_weight_cache`); the
     per-token tensors are checked on every call. ``values=False`` (tracing under
     ``torch.compile``, where tensors have no values yet) runs the metadata checks only, without
     the weight cache; the traced custom op runs the value checks when it executes.
@@ -417,7 +417,7 @@ def check_per_expert_fused_experts(
     global_num_experts: int,
     inplace: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Validate ``fused_experts`` arguments with a :class:`PerExpertQuantConfig`.
+    """Validate ``fused_experts`` arguments with a `PerExpertQuantConfig`.
 
     Returns contiguous ``(hidden_states, topk_weights, topk_ids)`` and the per-group expert maps
     (``[global_num_experts]`` int32 on ``hidden_states``' device). Each group's weights get the

@@ -129,7 +129,7 @@ class Plan:
 
 
 class _LayerPlan(Plan):
-    """A :class:`Plan` for one ``(w1, w2, quant_config, expert_map, global_num_experts,
+    """A [`Plan`][moecompat.api.Plan] for one ``(w1, w2, quant_config, expert_map, global_num_experts,
     activation, apply_router_weight_on_input, backend)`` argument set, keyed by ``id(w1)``.
 
     The weights are held by weak reference with a callback that drops the plan when either dies,
@@ -293,7 +293,7 @@ def _fused_experts_full(
 def _remember(hidden_states: torch.Tensor, topk_weights: torch.Tensor, w1: Any, w2: Any, quant_config: Any,
               expert_map: Any, gne_arg: int, activation: Any, backend: Any, on_input: bool, gne: int, num_local: int,
               runner: Any, numerics: Any) -> None:
-    """Record the plan of a call that passed the full checks (see :class:`_LayerPlan`)."""
+    """Record the plan of a call that passed the full checks (see `_LayerPlan`)."""
     plan = _LayerPlan(hidden_states, topk_weights, gne, num_local, runner)
     key = id(w1)
     try:

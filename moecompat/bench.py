@@ -248,7 +248,7 @@ class BenchResult:
     tflops: float
     #: Bytes of the experts touched plus activations, over the time.
     gbs: float | None
-    #: ``gbs`` over :func:`bandwidth_ceiling_gbs` (never above 1).
+    #: ``gbs`` over [`bandwidth_ceiling_gbs`][moecompat.bench.bandwidth_ceiling_gbs] (never above 1).
     peak_share: float | None
     #: ``gbs`` over the measured read-only bandwidth.
     read_share: float | None

@@ -1,7 +1,7 @@
 """Expert-parallel semantics that stay the same across engine versions.
 
 vLLM PR #43108 (in 0.23) removed ``supports_expert_map``: experts classes that cannot take an
-``expert_map`` now silently ignore it. :func:`supports_expert_map` answers the question the same
+``expert_map`` now silently ignore it. [`supports_expert_map`][moecompat.ep.supports_expert_map] answers the question the same
 way before and after: the method where the class still has it, else moecompat's table of the
 classes that declared ``False`` in the last release that had the method (0.22).
 """
@@ -21,7 +21,7 @@ from .errors import InvalidInputError
 __all__ = ["IGNORES_EXPERT_MAP", "ep_moe_layer_class", "local_expert_ids", "shard_experts", "supports_expert_map"]
 
 #: Experts classes whose ``supports_expert_map()`` returned False in the last vLLM release with
-#: the method (a vLLM fact: :data:`moecompat.engines.vllm.IGNORES_EXPERT_MAP`).
+#: the method (a vLLM fact: [`moecompat.engines.vllm.IGNORES_EXPERT_MAP`][moecompat.engines.vllm.IGNORES_EXPERT_MAP]).
 IGNORES_EXPERT_MAP = _vllm.IGNORES_EXPERT_MAP
 
 def supports_expert_map(experts: Any) -> bool:
@@ -62,7 +62,7 @@ def ep_moe_layer_class(quant_config: Any = None, *, backend: str = "auto") -> An
 def local_expert_ids(expert_map: torch.Tensor) -> torch.Tensor:
     """Global ids of this rank's experts in local order (``ids[j]`` is local expert ``j``), from
     ``expert_map: [global_num_experts]`` int (local id, -1 for experts of other ranks) as
-    :func:`moecompat.make_expert_map` returns it."""
+    [`moecompat.make_expert_map`][moecompat.make_expert_map] returns it."""
     if not isinstance(expert_map, torch.Tensor):
         raise InvalidInputError("expert_map", "a 1-D integer tensor [global_num_experts]", describe(expert_map))
     if expert_map.is_meta:

@@ -2,21 +2,15 @@
 
 Checkpoint layouts (per linear layer, ``K`` input features, ``N`` output features, group ``g``):
 
-======== ========================== ========================== ===================== ==========
-format   qweight (int32)            qzeros (int32)             scales (fp16)         g_idx
-======== ========================== ========================== ===================== ==========
-GPTQ     ``[K/8, N]``: 8 nibbles    ``[K/g, N/8]`` packed      ``[K/g, N]``          ``[K]``
-         along K, nibble i = row    along N; stores zero - 1                         (act-order)
-         8r+i                       ("v1" format)
-AWQ      ``[K, N/8]``: 8 nibbles    ``[K/g, N/8]`` same order  ``[K/g, N]``          —
-         along N in the order
-         0,2,4,6,1,3,5,7
-======== ========================== ========================== ===================== ==========
+| format | qweight (int32) | qzeros (int32) | scales (fp16) | g_idx |
+|---|---|---|---|---|
+| GPTQ | ``[K/8, N]``: 8 nibbles along K, nibble i = row 8r+i | ``[K/g, N/8]`` packed along N; stores zero - 1 ("v1" format) | ``[K/g, N]`` | ``[K]`` (act-order) |
+| AWQ | ``[K, N/8]``: 8 nibbles along N in the order 0,2,4,6,1,3,5,7 | ``[K/g, N/8]`` same order | ``[K/g, N]`` | — |
 
 Dequantized: ``w[k, n] = (q[k, n] - zero[k // g, n]) * scale[k // g, n]`` (with ``g_idx``:
 group ``g_idx[k]`` instead of ``k // g``). moecompat's ``int4_w4a16`` MoE layout is the
 transposed ``[N, K/2]`` uint8 with per-``[N, K/g]`` scales and ``[N/2, K/g]`` packed zeros
-(:mod:`moecompat.quant`).
+([`moecompat.quant`][moecompat.quant]).
 """
 
 from __future__ import annotations
@@ -78,7 +72,7 @@ def unpack_int32(packed: torch.Tensor, dim: int, order: tuple[int, ...] = tuple(
 
 
 def pack_int32(codes: torch.Tensor, dim: int, order: tuple[int, ...] = tuple(range(8))) -> torch.Tensor:
-    """Inverse of :func:`unpack_int32`."""
+    """Inverse of [`unpack_int32`][moecompat.int4.unpack_int32]."""
     c = codes.to(torch.int32).movedim(dim, -1)
     if c.shape[-1] % 8:
         raise InvalidInputError("codes", "a size divisible by 8 along the packed dimension", list(codes.shape))
@@ -192,7 +186,7 @@ def to_moe_layout(layers: list[Int4Linear]) -> tuple[torch.Tensor, torch.Tensor,
 
     Act-order (non-trivial ``g_idx``) changes which scale a row uses in a way the MoE kernels
     cannot express: it raises ``UnsupportedFeatureError`` (dequantize with
-    :meth:`Int4Linear.dequantize` for the reference backend instead).
+    [`dequantize`][moecompat.int4.Int4Linear.dequantize] for the reference backend instead).
     """
     if not layers:
         raise InvalidInputError("layers", "at least one expert", 0)

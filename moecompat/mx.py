@@ -4,7 +4,7 @@ Exact, engine-independent implementation of the OCP MX v1.0 formats that MXFP4 M
 (gpt-oss) consume:
 
 * **e2m1** element: 1 sign bit, 2 exponent bits (bias 1), 1 mantissa bit. The 16 codes map to
-  ``±{0, 0.5, 1, 1.5, 2, 3, 4, 6}`` (:data:`E2M1_VALUES`); code ``c`` and ``c | 0b1000`` differ in
+  ``±{0, 0.5, 1, 1.5, 2, 3, 4, 6}`` ([`E2M1_VALUES`][moecompat.mx.E2M1_VALUES]); code ``c`` and ``c | 0b1000`` differ in
   sign only.
 * **e8m0** scale: an unsigned biased exponent, value ``2 ** (code - 127)``; code 255 is NaN.
 * **block**: 32 consecutive elements along the reduction dimension share one scale.
@@ -137,7 +137,7 @@ def quantize_mxfp4(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def dequantize_mxfp4(
     packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Inverse of :func:`quantize_mxfp4`: ``packed [..., K//2]``, ``scales [..., K//32]`` -> ``[..., K]``."""
+    """Inverse of [`quantize_mxfp4`][moecompat.mx.quantize_mxfp4]: ``packed [..., K//2]``, ``scales [..., K//32]`` -> ``[..., K]``."""
     # Decode both nibbles of each byte with one 256-entry table lookup (int32 index): no
     # unpacked uint8 copy and no int64 index tensor, which dominated memory on large experts.
     pairs = torch.index_select(_pair_table(packed.device), 0, packed.reshape(-1).to(torch.int32))

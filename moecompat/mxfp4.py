@@ -68,7 +68,7 @@ class MoELayerSpec:
 
     ``num_experts`` global experts, ``top_k`` per token, ``hidden_size`` H and
     ``intermediate_size`` I (unpadded: ``w13: [E, 2*I, H]``, ``w2: [E, H, I]``), activation dtype
-    ``dtype``, ``activation`` (:class:`moecompat.vocab.Activation` name), ``has_bias`` (gpt-oss has
+    ``dtype``, ``activation`` ([`moecompat.vocab.Activation`][moecompat.vocab.Activation] name), ``has_bias`` (gpt-oss has
     expert biases), ``routing`` (``"renormalize"``: softmax top-k renormalised, gpt-oss's).
     """
 

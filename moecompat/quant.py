@@ -3,19 +3,13 @@
 Weight layouts are those of vLLM's Triton fused-MoE kernels (SGLang's are the same), for
 ``w [E, N, K]`` (``N = 2*I, K = H`` for ``w1``; ``N = H, K = I`` for ``w2``):
 
-============== ================================ =================================================
-scheme         weight tensor                    ``w*_scale`` (and ``w*_zp``)
-============== ================================ =================================================
-fp8_w8a8       float8_e4m3fn ``[E, N, K]``      per-tensor ``[E]``; per-channel
-                                                 (``per_out_ch_quant``) ``[E, N, 1]``; block
-                                                 ``[E, ceil(N/bn), ceil(K/bk)]``; float32
-int8_w8a8      int8 ``[E, N, K]``               as fp8_w8a8
-int8_w8a16     int8 ``[E, N, K]``               per-channel ``[E, N]`` float32
-int4_w4a16     uint8 ``[E, N, K//2]``, two      ``[E, N, K//group_size]`` (activation dtype);
-               int4 per byte, even k in the     zero points: uint8 ``[E, N//2, K//group_size]``
-               low nibble                       (even n in the low nibble), or none: offset 8
-mxfp4_w4a16    uint8 ``[E, N, K//2]`` e2m1      uint8 e8m0 ``[E, N, K//32]``
-============== ================================ =================================================
+| scheme | weight tensor | ``w*_scale`` (and ``w*_zp``) |
+|---|---|---|
+| ``fp8_w8a8`` | float8_e4m3fn ``[E, N, K]`` | per-tensor ``[E]``; per-channel (``per_out_ch_quant``) ``[E, N, 1]``; block ``[E, ceil(N/bn), ceil(K/bk)]``; float32 |
+| ``int8_w8a8`` | int8 ``[E, N, K]`` | as fp8_w8a8 |
+| ``int8_w8a16`` | int8 ``[E, N, K]`` | per-channel ``[E, N]`` float32 |
+| ``int4_w4a16`` | uint8 ``[E, N, K//2]``, two int4 per byte, even k in the low nibble | ``[E, N, K//group_size]`` (activation dtype); zero points: uint8 ``[E, N//2, K//group_size]`` (even n in the low nibble), or none: offset 8 |
+| ``mxfp4_w4a16`` | uint8 ``[E, N, K//2]`` e2m1 | uint8 e8m0 ``[E, N, K//32]`` |
 
 Activations of ``*_w8a8`` schemes are quantized by the kernel: dynamically per tensor (default),
 per token (``per_act_token_quant``), per ``[1, bk]`` group (block schemes), or statically with a
@@ -68,7 +62,7 @@ _W8A8 = (QuantScheme.FP8_W8A8, QuantScheme.INT8_W8A8)
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class QuantConfig:
-    """How the expert weights (and activations) are quantized; build with :func:`make_quant_config`.
+    """How the expert weights (and activations) are quantized; build with [`make_quant_config`][moecompat.make_quant_config].
 
     Frozen and engine-neutral: each engine adapter translates it at the edge (vLLM's
     ``FusedMoEQuantConfig`` or legacy ``use_*`` flags, SGLang's flags).
@@ -141,7 +135,7 @@ class MixedQuantConfig:
 
     ``w13`` supplies the first GEMM's tensors (``w13.w1_scale``, ``w13.w1_zp``,
     ``w13.a1_scale``); ``w2`` supplies the second's (``w2.w2_scale``, ``w2.w2_zp``,
-    ``w2.a2_scale``). Build it with :func:`make_mixed_quant_config`. The reference backend
+    ``w2.a2_scale``). Build it with [`make_mixed_quant_config`][moecompat.make_mixed_quant_config]. The reference backend
     executes any mix; the engines' fused kernels take one scheme for both GEMMs, so an engine
     backend raises ``UnsupportedFeatureError``.
     """
@@ -180,9 +174,9 @@ def make_mixed_quant_config(
     a1_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None,
     w13_options: dict[str, Any] | None = None, w2_options: dict[str, Any] | None = None,
 ) -> MixedQuantConfig:
-    """A :class:`MixedQuantConfig`, e.g. ``make_mixed_quant_config("fp8_w8a8", "int4_w4a16",
+    """A [`MixedQuantConfig`][moecompat.MixedQuantConfig], e.g. ``make_mixed_quant_config("fp8_w8a8", "int4_w4a16",
     w13_scale=s13, w2_scale=s2, w2_zp=z2, w2_options={"group_size": 128})``. ``*_options`` are the
-    other :func:`make_quant_config` keywords (block_shape, group_size, per-channel flags)."""
+    other [`make_quant_config`][moecompat.make_quant_config] keywords (block_shape, group_size, per-channel flags)."""
     for name, opts in (("w13_options", w13_options), ("w2_options", w2_options)):
         if opts is not None and not isinstance(opts, dict):
             raise InvalidInputError(name, "a dict of make_quant_config keywords or None", describe(opts))
@@ -202,8 +196,8 @@ class ExpertGroup:
     tensor; stored as a tuple of ints); ``experts[j]`` is the expert stored at ``w1[j]`` /
     ``w2[j]``. ``w1 [G, 2*I, H']`` and ``w2 [G, H, I']`` (``G = len(experts)``, ``'``: packed for
     4-bit schemes) in the layout of ``quant_config`` (see the module doc), whose scales are the
-    group's own (``[G, ...]``). ``quant_config``: a :class:`QuantConfig` or a
-    :class:`MixedQuantConfig` (per-projection precision inside the group).
+    group's own (``[G, ...]``). ``quant_config``: a [`QuantConfig`][moecompat.QuantConfig] or a
+    [`MixedQuantConfig`][moecompat.MixedQuantConfig] (per-projection precision inside the group).
     """
 
     experts: Sequence[int]
@@ -228,15 +222,15 @@ class ExpertGroup:
 class PerExpertQuantConfig:
     """Per-expert precision: groups of experts, each with its own weights and quant config.
 
-    Build it with :func:`make_per_expert_quant_config` and pass it as ``quant_config`` to
-    :func:`moecompat.fused_experts` with ``w1=None, w2=None`` (stacked tensors cannot hold
-    different dtypes per expert, so each :class:`ExpertGroup` carries its weights). The result is
+    Build it with [`make_per_expert_quant_config`][moecompat.make_per_expert_quant_config] and pass it as ``quant_config`` to
+    [`moecompat.fused_experts`][moecompat.fused_experts] with ``w1=None, w2=None`` (stacked tensors cannot hold
+    different dtypes per expert, so each [`ExpertGroup`][moecompat.ExpertGroup] carries its weights). The result is
     the sum over groups of one ``fused_experts`` call per group on the same ``topk_ids``, with an
     ``expert_map`` that maps the group's global ids to its local weights and every other expert to
     -1 (zero contribution); the group outputs are summed in float32 and returned in
     ``hidden_states.dtype`` (the reference backend adds each group's float32 result; an engine's
     kernel returns each group's in ``hidden_states.dtype``). Engine backends run each group with
-    their own fused kernel; a group with a :class:`MixedQuantConfig` runs on the reference backend
+    their own fused kernel; a group with a [`MixedQuantConfig`][moecompat.MixedQuantConfig] runs on the reference backend
     only (the engines' kernels run both GEMMs of a call in one scheme).
     """
 
@@ -328,8 +322,8 @@ def make_per_expert_quant_config(
     global_num_experts: int | None = None,
     uncovered: Literal["error", "zero"] = "error",
 ) -> PerExpertQuantConfig:
-    """A :class:`PerExpertQuantConfig` from :class:`ExpertGroup` s, e.g. experts 0-3 in fp8 and
-    4-7 in int4::
+    """A [`PerExpertQuantConfig`][moecompat.PerExpertQuantConfig] from [`ExpertGroup`][moecompat.ExpertGroup] s, e.g. experts 0-3 in fp8 and
+    4-7 in int4:
 
         w1a, w2a, qa = quantize_moe_weights(w1[:4], w2[:4], "fp8_w8a8", per_out_ch_quant=True)
         w1b, w2b, qb = quantize_moe_weights(w1[4:], w2[4:], "int4_w4a16", group_size=128)
@@ -341,8 +335,8 @@ def make_per_expert_quant_config(
     experts in dim 0; every group has the same hidden size ``H`` (``w2.shape[1]``) and
     intermediate size ``I`` (``w1.shape[1] // 2``); ids are ``< global_num_experts`` (default:
     the largest id + 1). Dtypes and scale shapes of each group against its scheme, and the hidden
-    size against ``hidden_states``, are checked when :func:`moecompat.fused_experts` runs.
-    ``uncovered``: what an id in no group means (see :class:`PerExpertQuantConfig`).
+    size against ``hidden_states``, are checked when [`moecompat.fused_experts`][moecompat.fused_experts] runs.
+    ``uncovered``: what an id in no group means (see [`PerExpertQuantConfig`][moecompat.PerExpertQuantConfig]).
     """
     if isinstance(groups, ExpertGroup) or not isinstance(groups, Sequence):
         raise InvalidInputError("groups", "a sequence of moecompat.ExpertGroup", type(groups).__name__)
@@ -401,11 +395,11 @@ def make_quant_config(
     per_out_ch_quant: bool = False,
     group_size: int | None = None,
 ) -> QuantConfig:
-    """Build an engine-neutral :class:`QuantConfig`.
+    """Build an engine-neutral [`QuantConfig`][moecompat.QuantConfig].
 
     ``scheme``: ``None`` (unquantized), ``"fp8_w8a8"``, ``"int8_w8a8"``, ``"int8_w8a16"``,
     ``"int4_w4a16"`` (needs ``group_size``; optional ``w*_zp``) or ``"mxfp4_w4a16"``.
-    Scale shapes are checked against the weights when :func:`moecompat.fused_experts` runs;
+    Scale shapes are checked against the weights when [`moecompat.fused_experts`][moecompat.fused_experts] runs;
     this function checks what it can without them.
     """
     s = parse_scheme(scheme)

@@ -228,7 +228,7 @@ class ExpertActivationTracker:
         """Record the installed engine's own top-k selection inside the block (a real model run).
 
         Wraps the functions through which the engine's MoE layers route, where the layers look
-        them up (see :func:`engine_hook_targets`): vLLM's router base class
+        them up (see [`engine_hook_targets`][moecompat.tracker.engine_hook_targets]): vLLM's router base class
         (``BaseRouter._select_experts``), ``FusedMoE.select_experts`` and its CPU routing
         ``select_experts``; SGLang's ``topk.select_experts``. Only the outermost hooked call of a
         routing step is counted, so a hooked function calling another is not counted twice.

@@ -48,7 +48,7 @@ class Activation(str, enum.Enum):
     ``w1`` produces ``2 * I`` values per token. For ``SILU`` and ``GELU`` the first ``I`` are the
     gate and the last ``I`` the up projection: ``act(gate) * up``. ``GELU`` is the exact (erf)
     GELU. ``SWIGLUOAI`` is gpt-oss's clamped SwiGLU on *interleaved* rows (gate = even rows,
-    up = odd rows of ``w1``, as gpt-oss checkpoints and the engines' kernels store them)::
+    up = odd rows of ``w1``, as gpt-oss checkpoints and the engines' kernels store them):
 
         gate = min(gate, limit);  up = clamp(up, -limit, limit)
         out  = (up + 1) * gate * sigmoid(alpha * gate)      # alpha = 1.702, limit = 7.0
@@ -80,7 +80,7 @@ class QuantScheme(str, enum.Enum):
 
 
 class TopK(NamedTuple):
-    """Result of :func:`moecompat.select_experts`.
+    """Result of [`moecompat.select_experts`][moecompat.select_experts].
 
     ``topk_weights``: ``[num_tokens, top_k]`` float32; ``topk_ids``: ``[num_tokens, top_k]``
     int32 global expert ids.

@@ -340,9 +340,11 @@ class Surface:
     def probe(self, release: str, where: str, kind: str, param: str = "") -> bool:
         """Whether a version fact's symbol (or parameter) is in ``release``.
 
-        The semantics of ``tests/unit/test_facts_static.py``: a ``"symbol"`` fact holds when
-        ``where`` is defined (at run time, in any branch); a ``"param"`` fact when, moreover,
-        ``param`` is among its recorded parameters (``"*args"`` / ``"**kw"`` as recorded).
+        The semantics of the engine matrix's run-time probe (``tests/engines/test_facts.py``): a
+        ``"symbol"`` fact holds when ``where`` is defined (at run time, in any branch; a class
+        attribute in the class body itself, not inherited); a ``"param"`` fact when, moreover,
+        ``param`` is among its recorded parameters (``"*args"`` / ``"**kw"`` as recorded), those
+        of the definition a re-export names.
         A ``where`` without ``":"`` names a module.
 
         Args:
@@ -364,4 +366,11 @@ class Surface:
         d = self.lookup(release, where)
         if d is None or not d.runtime:
             return False
-        return kind == "symbol" or (d.params is not None and param in d.params)
+        if kind == "symbol":
+            return True
+        # A re-export has its source's parameters, as at run time (``inspect.signature`` of the
+        # imported object).
+        resolved = self.resolve(release, where)
+        if resolved is not None:
+            d = resolved[1]
+        return d.params is not None and param in d.params

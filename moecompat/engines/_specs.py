@@ -1,7 +1,7 @@
 """The engines moecompat adapts, each declared once.
 
 Everything that lists engines reads this table: the backend vocabulary and ``"auto"`` order
-(:mod:`moecompat._backends`), the CLI's ``--engine`` choices, :func:`moecompat.engine_info` and
+(`moecompat._backends`), the CLI's ``--engine`` choices, `moecompat.engine_info` and
 ``moecompat doctor``, the engine test suites and the nox sessions (``noxfile.py`` reads this file
 with ``runpy``: it imports nothing, so nox needs neither torch nor moecompat installed).
 

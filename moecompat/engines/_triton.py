@@ -4,7 +4,7 @@ Both engines grew their fused-MoE kernels from the same Triton code: ``fused_exp
 w1, w2, <top-k>, ...)`` with the same weight layouts, a module-level ``override_config`` context
 manager, and per-release differences only in how the top-k result, the quantization, the
 activation, the expert map and in-place output are passed. Each engine module describes those
-differences once per resolution (a :class:`KernelCall`); :class:`KernelRunner` runs the bound
+differences once per resolution (a `KernelCall`); `KernelRunner` runs the bound
 call.
 """
 
@@ -50,7 +50,7 @@ class KernelCall:
 
 class KernelRunner:
     """``runner(hidden_states, w1, w2, topk_weights, topk_ids, inplace)``: the engine kernel for
-    one bound layer (see :class:`KernelCall`). ``plan(...)`` returns the exact
+    one bound layer (see `KernelCall`). ``plan(...)`` returns the exact
     ``(args, kwargs, copy_back)`` the call uses (the engine surface tests bind it to the
     installed signature); ``target`` is the engine callable."""
 

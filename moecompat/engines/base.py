@@ -11,7 +11,7 @@ engine by fact key.
   part of the key after the dot) to the engine's parameter name where the installed callable has
   it;
 * ``engine.requires(key, feature)`` is the declarative gate: the parameter or symbol, or an
-  :class:`~moecompat.UnsupportedFeatureError` naming the versions that have it;
+  [`UnsupportedFeatureError`][moecompat.UnsupportedFeatureError] naming the versions that have it;
 * ``engine.holds(key)`` reads a behaviour fact for the installed release.
 """
 
@@ -58,10 +58,10 @@ class ProbeFailure(LookupError):
 
 
 class Params(dict[str, str]):
-    """``{alias: engine parameter name}`` of one callable (from :meth:`Engine.params`).
+    """``{alias: engine parameter name}`` of one callable (from [`params`][moecompat.engines.base.Engine.params]).
 
     ``params["alias"]`` asserts the parameter is there (a missing one is drift, a clear
-    :class:`~moecompat.errors.EngineDriftError`); ``params.get("alias")`` asks.
+    [`EngineDriftError`][moecompat.errors.EngineDriftError]); ``params.get("alias")`` asks.
     """
 
     def __init__(self, engine: Engine, symbol: str, target: Any, found: dict[str, str]) -> None:
@@ -75,7 +75,7 @@ class Params(dict[str, str]):
 
 class Engine(Backend):
     """One inference engine (vLLM, SGLang) as a moecompat backend, from its declaration in
-    :mod:`moecompat.engines._specs` and its fact table."""
+    `moecompat.engines._specs` and its fact table."""
 
     def __init__(self, spec: Mapping[str, Any], facts: Sequence[Fact], lacks: Mapping[str, str] | None = None) -> None:
         super().__init__(spec["name"], lacks)
@@ -128,7 +128,7 @@ class Engine(Backend):
             v > Version(s.version) for s in self.tested if s.operator in (">=", ">", "=="))
 
     def load(self) -> None:
-        """Import the engine's MoE modules once; raise :class:`EngineImportError` if that fails."""
+        """Import the engine's MoE modules once; raise [`EngineImportError`][moecompat.EngineImportError] if that fails."""
         if self._load_error is False:
             with self._lock:
                 if self._load_error is False:
@@ -174,7 +174,7 @@ class Engine(Backend):
     def find(self, symbol: str, accept: Callable[[Any], bool] | None = None) -> tuple[Fact, Any]:
         """Import ``symbol`` from the locations of its facts, those that hold for the installed
         release first. Finding it only where no fact expects it is noted as drift; finding it
-        nowhere raises :class:`ProbeFailure`."""
+        nowhere raises [`ProbeFailure`][moecompat.engines.base.ProbeFailure]."""
         candidates = self.symbol_facts(symbol)
         if not candidates:
             raise KeyError(f"{self.name}: no symbol fact for {symbol!r}")
@@ -205,7 +205,7 @@ class Engine(Backend):
         raise ProbeFailure(symbol, tried, expected=bool(holding))
 
     def need(self, symbol: str, feature: str, accept: Callable[[Any], bool] | None = None) -> tuple[Fact, Any]:
-        """:meth:`find`, behind a gate: where no fact of ``symbol`` holds for a tested release,
+        """`find`, behind a gate: where no fact of ``symbol`` holds for a tested release,
         an ``UnsupportedFeatureError`` naming the versions that have it (a release outside the
         tested range is probed anyway, and a miss there is drift)."""
         v = self.version()
@@ -257,7 +257,7 @@ class Engine(Backend):
         return f.param if present else None
 
     def params(self, found: Fact, target: Any) -> Params:
-        """The parameters of ``target`` (the object :meth:`find` returned for symbol fact
+        """The parameters of ``target`` (the object `find` returned for symbol fact
         ``found``) that its param facts name: every fact ``<symbol>.<alias>[@place]`` at the same
         location, as ``{alias: engine parameter name}`` (a renamed parameter is one alias with a
         fact per name)."""

@@ -237,11 +237,13 @@ def _build_quant(engine: Engine) -> Resolution:
     return engine.ok("make_quant_config", lambda qc: _cached_flags(qc, p), f"{fact.where}", "legacy-flags")
 
 
+# (name, positional arguments, keyword parameters): each binds only where its distinguishing
+# parameter (the keyword right after the positional ones) is there.
 _FE_VARIANTS = (
-    ("topk_output+runner_config", 5, ("fused_experts.moe_runner_config@new",)),
-    ("topk_output+runner_config", 5, ("fused_experts.moe_runner_config@old",)),
-    ("topk_output", 4, ("fused_experts.topk_output@old", "fused_experts.inplace@old", "fused_experts.activation@old")),
-    ("topk_tensors", 5, ("fused_experts.topk_ids@old", "fused_experts.inplace@old", "fused_experts.activation@old")),
+    ("topk_output+runner_config", 4, ("fused_experts.moe_runner_config@new",)),
+    ("topk_output+runner_config", 4, ("fused_experts.moe_runner_config@old",)),
+    ("topk_output", 3, ("fused_experts.topk_output@old", "fused_experts.inplace@old", "fused_experts.activation@old")),
+    ("topk_tensors", 4, ("fused_experts.topk_ids@old", "fused_experts.inplace@old", "fused_experts.activation@old")),
 )
 
 

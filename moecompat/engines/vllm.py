@@ -1,7 +1,7 @@
 """vLLM backend: the version facts (one keyed table) and the adapters built from them.
 
 Every import location, parameter name and version range the adapters use is a fact in
-:data:`FACTS`; builders ask for them by key (``ENGINE.find("fused_experts")``,
+[`FACTS`][moecompat.engines.vllm.FACTS]; builders ask for them by key (``ENGINE.find("fused_experts")``,
 ``ENGINE.params(fact, fn)["expert_map"]``, ``ENGINE.requires(key, feature)``), and a unit test
 walks this module's syntax tree to keep it that way. Each fact names the releases it holds for
 and is checked against the API snapshot of every release (``tests/unit/test_surface_facts.py``)

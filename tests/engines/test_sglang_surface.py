@@ -13,6 +13,7 @@ from moecompat import quant
 from moecompat._adapters import REGISTRY
 from moecompat._backends import ENTRY_POINTS
 from moecompat._calls import ExpertsCall
+from moecompat.engines.sglang import NUMERICS_KNOWN
 from tests.engines.conftest import (
     assert_doctor_json_parses,
     assert_routing_matches_reference,
@@ -46,7 +47,9 @@ def test_adapter_resolves(sglang_engine, entry_point):
     res = REGISTRY.resolution(entry_point, "sglang")
     if entry_point == "ep_moe_layer_class" and _ep_layer_needs_missing_sgl_kernel(sglang_engine):
         assert res.status == "unsupported" and "sgl_kernel" in str(res.error), res
-    elif entry_point in UNSUPPORTED:
+    elif entry_point in UNSUPPORTED or (
+        entry_point == "numerics" and not version_in(sglang_engine, sglang_engine.fact(NUMERICS_KNOWN).versions)
+    ):
         assert res.status == "unsupported" and isinstance(res.error, mc.UnsupportedFeatureError), res
     else:
         assert res.status == "ok", res.detail

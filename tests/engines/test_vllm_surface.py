@@ -22,7 +22,7 @@ from tests.engines.conftest import (
 
 # Entry points a version is allowed to lack, with the versions that have them.
 EXPECTED_UNSUPPORTED = {"make_expert_map": ">=0.8", "select_mxfp4_backend": ">=0.10.2", "mxfp4_round_up": ">=0.19",
-                        "mxfp4_convert": ">=0.19", "moe_layer_config": ">=0.17"}
+                        "mxfp4_convert": ">=0.19", "moe_layer_config": ">=0.17", "numerics": ">=0.11"}
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
