@@ -92,7 +92,14 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show every option's default, keep the epilogs' line breaks."""
+    """Show every option's default, keep the epilogs' line breaks. An option whose help already
+    says its default in words (a default computed at run time), and an option without a default,
+    keep their own wording only."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and ("(default:" in action.help or action.default is None):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _add_shape_args(p: argparse.ArgumentParser) -> None:

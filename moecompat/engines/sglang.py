@@ -47,6 +47,8 @@ SERVER_ARGS = "sglang.srt.server_args"
 
 EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel on every platform but NPU/HIP"
 OUTPLACE_NEEDS_TP_GROUP = "out-of-place Triton fused_experts allocates its output with get_tp_group()"
+GLOBAL_SERVER_ARGS_RETIRED = ("get_global_server_args() raises 'retired' (values live in sglang.srt.runtime_context); "
+                              "the Triton path no longer needs process-wide ServerArgs")
 SIGMOID_NEEDS_BIAS = "sigmoid scoring only with a correction bias (biased_grouped_topk)"
 NUMERICS_KNOWN = ("Triton fused_experts numerics: block fp8 x*fl(448/amax) (no UE8M0), per-tensor and per-token "
                   "fp8 x*fl(1/s) without floors, int8 per-token x*fl(127/amax) rounded half away, intermediates in "
@@ -157,6 +159,7 @@ FACTS: tuple[Fact, ...] = (
     Fact("ServerArgs", ">=0.4.7", f"{SERVER_ARGS}:ServerArgs"),
     Fact("get_global_server_args", ">=0.5.3.post2", f"{SERVER_ARGS}:get_global_server_args"),
     Fact("set_global_server_args_for_scheduler", ">=0.5.3.post2", f"{SERVER_ARGS}:set_global_server_args_for_scheduler"),
+    Fact(GLOBAL_SERVER_ARGS_RETIRED, ">=0.5.23", SERVER_ARGS, kind="behaviour"),
     # numerics of the Triton fused_experts (the engine-faithful reference follows them), from the
     # released sources; pinned on the GPU by tests/gpu against the faithful reference.
     Fact(NUMERICS_KNOWN, ">=0.5.11", kind="behaviour"),
@@ -206,7 +209,9 @@ def _ensure_server_args() -> None:
     path) only when nothing is set, so a running server's own arguments are never replaced.
     Releases without the global accessor (before 0.5.4, and 0.5.23, which retired it) are left
     alone, and their kernels report what they miss themselves."""
-    if not (ENGINE.holds("get_global_server_args") and ENGINE.holds("set_global_server_args_for_scheduler")):
+    if ENGINE.holds(GLOBAL_SERVER_ARGS_RETIRED) or not (
+        ENGINE.holds("get_global_server_args") and ENGINE.holds("set_global_server_args_for_scheduler")
+    ):
         return
     try:
         _, getter = ENGINE.find("get_global_server_args")

@@ -150,6 +150,24 @@ def test_sigmoid_without_bias_follows_facts(sglang_engine):
             mc.select_experts(x, logits, 2, scoring_func="sigmoid", backend="sglang")
 
 
+def test_global_server_args_fact_matches_the_release(sglang_engine):
+    """Fact GLOBAL_SERVER_ARGS_RETIRED: where it holds, the accessor raises SGLang's 'retired'
+    RuntimeError; before, it answers (or says nothing is set yet, a ValueError)."""
+    from moecompat.engines.sglang import GLOBAL_SERVER_ARGS_RETIRED
+
+    if not sglang_engine.holds("get_global_server_args"):
+        pytest.skip("this release has no get_global_server_args (fact get_global_server_args)")
+    _, getter = sglang_engine.find("get_global_server_args")
+    if sglang_engine.holds(GLOBAL_SERVER_ARGS_RETIRED):
+        with pytest.raises(RuntimeError, match="retired"):
+            getter()
+    else:
+        try:
+            getter()
+        except ValueError:
+            pass
+
+
 def test_seed_0_4_7_calls_have_equivalents(sglang_engine):
     """The seed's SGLang 0.4.7 usage — select_experts(use_grouped_topk, renormalize, correction_bias)
     returning 2-D weights/ids — through moecompat on whatever SGLang is installed."""

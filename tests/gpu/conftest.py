@@ -63,6 +63,8 @@ def pytest_sessionfinish(session, exitstatus):
         "torch": torch.__version__,
         "triton": _triton_version(),
         "python": platform.python_version(),
+        "faithful_numerics": _numerics_name(name),
+        "is_deep_gemm_e8m0_used": _e8m0(name),
         "cases": _RESULTS,
     }
     with open(out, "w") as fh:
@@ -76,3 +78,24 @@ def _triton_version():
         return triton.__version__
     except ImportError:
         return None
+
+
+def _numerics_name(engine: str | None) -> str | None:
+    import moecompat as mc
+    from moecompat.api import resolve_numerics
+
+    try:
+        return resolve_numerics(engine, "reference").name if engine else None
+    except mc.MoECompatError as exc:
+        return f"unavailable: {exc}"
+
+
+def _e8m0(engine: str | None) -> bool | None:
+    """What vLLM's own oracle says (None for SGLang, or a vLLM without it)."""
+    if engine != "vllm":
+        return None
+    try:
+        from vllm.utils.deep_gemm import is_deep_gemm_e8m0_used
+    except ImportError:
+        return None
+    return bool(is_deep_gemm_e8m0_used())

@@ -1,14 +1,26 @@
 """Real engine kernels against the reference backend on the GPU, per scheme and option.
 
-Tolerances: relative Frobenius error ||engine - reference|| / ||reference||. Both sides use the
-same quantized weights and emulate the same activation quantization, so what remains is
-accumulation order and bf16 rounding of the intermediate activations:
+Every case compares the engine with the reference twice, as relative Frobenius errors
+``||engine - reference|| / ||reference||``:
 
-* bf16 / fp16 / int8_w8a16 / int4_w4a16: 2.5e-2 — bf16 keeps 8 mantissa bits (2^-9 relative
-  rounding); two GEMMs and a stored bf16 intermediate give ~0.5-1% rms, doubled for margin.
-* fp8_w8a8 / int8_w8a8: 6e-2 — a rounding difference in the bf16 intermediate can move an
-  element across an fp8 (3 mantissa bits) or int8 step when the kernel re-quantizes it for the
-  second GEMM; ~2-3% rms observed class of error, doubled for margin.
+* **faithful** (``numerics=<engine>``): the reference follows the installed release's arithmetic
+  (its activation quantizers, UE8M0 block scales when vLLM's ``is_deep_gemm_e8m0_used()`` says so,
+  intermediates rounded to the activation dtype, vLLM's twice-rounded SiLU-and-mul, the top-k
+  sum). What remains is float32 accumulation order inside the GEMMs, which can move one bf16
+  rounding of an intermediate, and with it one fp8/int8 step of the re-quantized activation.
+  Tolerances, each 3x tighter than the ideal ones:
+
+  | scheme | tolerance | why |
+  |---|---|---|
+  | bf16, fp16, int8_w8a16, int4_w4a16 | 8e-3 | a stored bf16 intermediate differs by at most 1 ulp (2^-8) where the accumulation order moves a rounding; the CPU simulation gives < 1e-3 |
+  | fp8_w8a8, int8_w8a8 | 2e-2 | such a 1-ulp move can push an element across an fp8 (3 mantissa bits) or int8 step at re-quantization; SM90 Triton fp8 dots accumulate with reduced precision (``max_num_imprecise_acc``), which no CPU arithmetic reproduces |
+
+* **ideal** (``numerics="ideal"``, moecompat's oracle): float32 intermediates and ``amax/448``
+  scales, at the earlier tolerances (2.5e-2 and 6e-2), so the engine stays within reach of the
+  exact answer too.
+
+The JSON written by ``--gpu-results`` records both errors of every case and, for vLLM, what
+``is_deep_gemm_e8m0_used()`` returned.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from moecompat import quant
 from moecompat.ep import shard_experts
 
 TOL = {None: 2.5e-2, "int8_w8a16": 2.5e-2, "int4_w4a16": 2.5e-2, "fp8_w8a8": 6e-2, "int8_w8a8": 6e-2}
+FAITHFUL_TOL = {None: 8e-3, "int8_w8a16": 8e-3, "int4_w4a16": 8e-3, "fp8_w8a8": 2e-2, "int8_w8a8": 2e-2}
 
 SHAPES = {
     # name: (E, top_k, H, I, grouped routing)
@@ -81,21 +94,29 @@ def _routing(shape_name, tokens, dtype, top_k=None):
     return x, topk
 
 
+def _rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
+
+
 def _compare(record, gpu_engine, case, x, w1, w2, topk, **kw):
     try:
         out = mc.fused_experts(x, w1, w2, *topk, backend=gpu_engine.name, **kw)
     except mc.UnsupportedFeatureError as exc:
         record(**case, ok=None, unsupported=str(exc))
         pytest.skip(f"unsupported by {gpu_engine.name} {gpu_engine.version()}: {exc}")
-    ref = mc.fused_experts(x, w1, w2, *topk, backend="reference", **kw)
+    ideal = mc.fused_experts(x, w1, w2, *topk, backend="reference", **kw)
+    faithful = mc.fused_experts(x, w1, w2, *topk, backend="reference", numerics=gpu_engine.name, **kw)
     torch.cuda.synchronize()
-    assert out.shape == ref.shape and out.dtype == ref.dtype
-    tol = TOL[case["scheme"]]
+    assert out.shape == ideal.shape and out.dtype == ideal.dtype
+    tol, ftol = TOL[case["scheme"]], FAITHFUL_TOL[case["scheme"]]
     finite = bool(torch.isfinite(out).all())
-    err = ((out.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-12)).item() if finite else float("inf")
-    record(**case, rel_err=err if finite else None, nonfinite=not finite, tol=tol, ok=finite and err <= tol)
+    err = _rel(out, ideal) if finite else float("inf")
+    ferr = _rel(out, faithful) if finite else float("inf")
+    record(**case, rel_err=err if finite else None, rel_err_faithful=ferr if finite else None, nonfinite=not finite,
+           tol=tol, tol_faithful=ftol, ok=finite and err <= tol and ferr <= ftol)
     assert finite, f"{case}: the engine returned NaN/inf"
-    assert err <= tol, f"{case}: relative error {err:.3e} > {tol:.1e}"
+    assert ferr <= ftol, f"{case}: relative error {ferr:.3e} against the {gpu_engine.name}-faithful reference > {ftol:.1e}"
+    assert err <= tol, f"{case}: relative error {err:.3e} against the ideal reference > {tol:.1e}"
 
 
 @pytest.mark.gpu
@@ -163,10 +184,7 @@ def test_expert_map_sum_over_ranks(gpu_engine, record, shape_name, scheme_name, 
     torch.cuda.synchronize()
     tol = TOL[scheme]
 
-    def rel(a, b):
-        return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
-
-    err_full, err_ref = rel(total, full), rel(total, ref)
+    err_full, err_ref = _rel(total, full), _rel(total, ref)
     ok = err_full <= tol and err_ref <= tol
     record(test="expert_map_sum_over_ranks", shape=shape_name, scheme=scheme, variant=f"{scheme_name}/{placement}",
            tokens=tokens, ranks=world, rel_err=err_ref, rel_err_vs_single_rank_engine=err_full, tol=tol, ok=ok)

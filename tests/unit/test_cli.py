@@ -70,6 +70,7 @@ def test_every_option_has_help_and_shows_its_default():
         for opt in ("--engine", "--dtype", "--tp-size", "--ep-size", "--batch-size", "--seed"):
             assert opt in text
         assert "(default: bf16)" in text and "(default: 1)" in text and "moecompat[bench]" in text
+        assert "(default: None)" not in text, "an option's default shown twice or as None"
 
 
 def test_progress_needs_tqdm(run):
