@@ -9,6 +9,11 @@ Side by side in one run, on the same tensors, medians of 7 batches:
   ``torch.compile`` of the same function calling a minimal custom op that runs the runner (the
   cost any custom op has): the difference is what moecompat adds per call under compile.
 
+* ``metadata_floor``: a function that only reads what the hot path must check of the token tensors
+  (two shapes and the third compared, three dtypes, devices and contiguity flags), with no moecompat
+  code: the cost of those tensor attribute reads on this host, which no Python-level check can go
+  below. ``functional - metadata_floor`` is moecompat's own dispatch cost.
+
 The *null* backend's runner returns its input, which isolates the dispatch cost from kernel-time
 noise; the reference backend is measured too (a tiny problem). The overhead is the difference of
 the medians.
@@ -58,6 +63,20 @@ def _null_backend() -> Backend:
     return null
 
 
+def _metadata_floor(x, tw, ti, hidden: int, gne: int, act_dtype, w_dtype, on_cuda: bool) -> bool:
+    """The token-tensor reads of the hot path's condition, nothing else (see the module doc)."""
+    t, h = x.shape
+    s = ti.shape
+    r, k = s
+    if on_cuda:
+        same = x.get_device() == 0 and ti.get_device() == 0 and tw.get_device() == 0
+    else:
+        same = x.is_cpu and ti.is_cpu and tw.is_cpu
+    return (h == hidden and r == t and 0 < k <= gne and same and x.dtype is act_dtype and tw.dtype is w_dtype
+            and ti.dtype in (torch.int32, torch.int64) and tw.shape == s and x.is_contiguous()
+            and ti.is_contiguous() and tw.is_contiguous())
+
+
 def _warm(fn, device: str, n: int = 200) -> None:
     for _ in range(n):
         fn()
@@ -91,12 +110,16 @@ def measure(calls: int, device: str, value_checks: bool = True, compiled: bool =
                 "functional": lambda backend=backend: mc.fused_experts(x, w1, w2, tw, ti, backend=backend),
                 "bound": lambda experts=experts: experts(x, tw, ti),
             }
+            if backend == "null":
+                sides["metadata_floor"] = lambda: _metadata_floor(x, tw, ti, h, e, dtype, tw.dtype, device == "cuda")
             n = calls if backend == "null" else max(calls // 20, 700)
             for fn in sides.values():
                 _warm(fn, device)
             r = {name: _median_ns(fn, n) for name, fn in sides.items()}
             r["functional_overhead_ns"] = r["functional"] - r["direct"]
             r["bound_overhead_ns"] = r["bound"] - r["direct"]
+            if "metadata_floor" in r:
+                r["metadata_floor_ns"] = r["metadata_floor"] - r["direct"]
             r["calls"] = n
             results[backend] = r
         if compiled and mc.ops.AVAILABLE:
@@ -163,7 +186,9 @@ def main(argv=None) -> int:
         r = res[b]
         print(f"{b:>10}: direct {r['direct'] / 1000:7.2f} us  functional {r['functional'] / 1000:7.2f} us "
               f"(+{r['functional_overhead_ns'] / 1000:.2f})  bound {r['bound'] / 1000:7.2f} us "
-              f"(+{r['bound_overhead_ns'] / 1000:.2f})  [{r['calls']} calls, median of 7 batches]")
+              f"(+{r['bound_overhead_ns'] / 1000:.2f})"
+              + (f"  metadata floor +{r['metadata_floor_ns'] / 1000:.2f}" if "metadata_floor_ns" in r else "")
+              + f"  [{r['calls']} calls, median of 7 batches]")
     if "compiled" in res:
         c = res["compiled"]
         print(f"  compiled: moecompat {c['moecompat'] / 1000:7.2f} us  bare custom op {c['bare_custom_op'] / 1000:7.2f} us "

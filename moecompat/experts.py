@@ -142,12 +142,13 @@ class MoEExperts:
         if _is_compiling():  # Dynamo: trace the custom op (a Python-level bound method cannot be substituted)
             return _ops.traced_experts_call(self, hidden_states, topk_weights, topk_ids, inplace)
         plan = self._plan
-        if plan is not None and type(inplace) is bool and plan.tokens_ok(hidden_states, topk_weights, topk_ids):
+        if plan is not None and type(inplace) is bool \
+                and (tokens := plan.tokens_ok(hidden_states, topk_weights, topk_ids)) >= 0:
             if not plan.on_cuda or _checks._debug:
                 _checks.check_ids_range("topk_ids", topk_ids, 0, plan.gne, _checks.topk_ids_hint(self.expert_map))
                 if self.expert_map is not None:
                     _checks.check_expert_map_values(self.expert_map, plan.num_local)
-            if hidden_states.shape[0] == 0:
+            if tokens == 0:
                 return hidden_states.new_empty((0, plan.hidden))
             return plan.runner(hidden_states, self.w1, self.w2, topk_weights, topk_ids, inplace)
         return self._slow_call(hidden_states, topk_weights, topk_ids, inplace)

@@ -23,7 +23,7 @@ from .._adapters import Fact, Resolution
 from .._calls import ExpertsCall, RoutingCall
 from ..errors import EngineImportError
 from ..quant import ActivationQuantRules, QuantConfig
-from ..reference.numerics import Numerics
+from ..reference.numerics import Numerics, Wna16Call, sm90_fp8_accumulation
 from ..vocab import Activation, Mxfp4Backend, QuantScheme, ScoringFunc, TopK, parse_mxfp4_backend
 from ._specs import ENGINE_SPECS
 from ._triton import KernelCall, KernelRunner, restoring_override
@@ -48,6 +48,11 @@ BLOCK_UE8M0 = "block-fp8 activation scales are powers of two (UE8M0) where is_de
 NUMERICS_KNOWN = ("Triton fused_experts numerics: per-tensor fp8 x*fl(1/s) without a floor, per-token fp8 x/s with "
                   "scales floored at 1/(448*512), int8 per-token x*fl(127/amax) rounded half away, bf16 intermediates, "
                   "act_and_mul rounded twice")
+WNA16_WEIGHTS_ROUNDED = "int4 w4a16 kernels round the dequantized weights ((q - zp) * s) to the compute dtype"
+WNA16_CUDA_KERNEL = ("small int4 batches (should_moe_wna16_use_cuda) run the CUDA moe_wna16_gemm: bf16 products "
+                     "summed 4 at a time in bf16, K slices atomically added into the bf16 output")
+FP8_DOT_IMPRECISE_SM90 = ("fp8 dots without per-tile scales accumulate the whole K in the tensor cores on sm_90 "
+                          "(Triton's max_num_imprecise_acc default)")
 SEQUENTIAL_TOPK_SUM = "moe_sum adds top-k 3 and 4 in the activation dtype, rounding after every add"
 
 
@@ -221,6 +226,17 @@ FACTS: tuple[Fact, ...] = (
     Fact(BLOCK_UE8M0, ">=0.10.2", kind="behaviour"),
     Fact(NUMERICS_KNOWN, ">=0.11", kind="behaviour"),
     Fact(SEQUENTIAL_TOPK_SUM, ">=0.11,<0.25", kind="behaviour"),
+    Fact(WNA16_WEIGHTS_ROUNDED, ">=0.11", f"{FMM}:fused_moe_kernel_gptq_awq", kind="behaviour"),
+    Fact(WNA16_CUDA_KERNEL, ">=0.11", f"{FMM}:should_moe_wna16_use_cuda", kind="behaviour"),
+    Fact(FP8_DOT_IMPRECISE_SM90, ">=0.11", kind="behaviour"),
+    Fact("should_moe_wna16_use_cuda", ">=0.8", f"{FMM}:should_moe_wna16_use_cuda"),
+    *_params("should_moe_wna16_use_cuda", f"{FMM}:should_moe_wna16_use_cuda", ">=0.8", "num_valid_tokens",
+             "group_size", "num_experts", "bit"),
+    Fact("get_moe_wna16_block_config", ">=0.8", f"{FMM}:get_moe_wna16_block_config"),
+    *_params("get_moe_wna16_block_config", f"{FMM}:get_moe_wna16_block_config", ">=0.8", "config",
+             "use_moe_wna16_cuda", "num_valid_tokens", "size_k", "size_n", "num_experts", "group_size",
+             "real_top_k", "block_size_m"),
+    *_params("try_get_optimal_moe_config", f"{FMM}:try_get_optimal_moe_config", ">=0.6.6", "block_shape"),
 )
 
 ENGINE = Engine(next(s for s in ENGINE_SPECS if s["name"] == "vllm"), FACTS)
@@ -930,6 +946,8 @@ def _build_numerics(engine: Engine) -> Resolution:
                                  detail="this release's kernel arithmetic was not read")
     e8m0 = engine.load_fact("is_deep_gemm_e8m0_used") if engine.holds(BLOCK_UE8M0) else None
     sequential = (3, 4) if engine.holds(SEQUENTIAL_TOPK_SUM) else ()
+    wna16 = _wna16_cuda_block_k(engine) if engine.holds(WNA16_CUDA_KERNEL) else None
+    imprecise_fp8 = engine.holds(FP8_DOT_IMPRECISE_SM90)
 
     def impl() -> Numerics:
         # Asked at call time: DeepGEMM's availability, the GPU and VLLM_USE_DEEP_GEMM* decide it.
@@ -938,9 +956,41 @@ def _build_numerics(engine: Engine) -> Resolution:
                                      token_scale_floor=1.0 / (448.0 * 512.0), static_reciprocal=True,
                                      block_ue8m0=ue8m0, int8_token_by_inverse_amax=True, int8_round_half_away=True)
         return Numerics(f"vllm {engine.version_str()}{' (UE8M0 block scales)' if ue8m0 else ''}", rules,
-                        round_intermediates=True, double_rounded_activation=True, sequential_topk_sum=sequential)
+                        round_intermediates=True, double_rounded_activation=True, sequential_topk_sum=sequential,
+                        round_dequantized_group_weights=engine.holds(WNA16_WEIGHTS_ROUNDED),
+                        fp8_tensor_core_accumulation=sm90_fp8_accumulation() if imprecise_fp8 else None,
+                        wna16_cuda_block_k=wna16)
 
     return engine.ok("numerics", impl, "vllm Triton fused_experts", "ue8m0 oracle" if e8m0 else "facts")
+
+
+def _wna16_cuda_block_k(engine: Engine) -> Callable[[Wna16Call], tuple[int, int] | None]:
+    """The K slice of each GEMM where vLLM takes its CUDA wna16 kernel, asked from the installed
+    release's own config functions with the arguments ``fused_experts_impl`` passes them."""
+    f_use, use_cuda = engine.find("should_moe_wna16_use_cuda")
+    f_block, block_config = engine.find("get_moe_wna16_block_config")
+    f_opt, optimal = engine.find("try_get_optimal_moe_config")
+    pu, pb, po = engine.params(f_use, use_cuda), engine.params(f_block, block_config), engine.params(f_opt, optimal)
+
+    def block_k(call: Wna16Call) -> tuple[int, int] | None:
+        m, k, group = call.num_tokens, call.top_k, call.group_size
+        if not use_cuda(**{pu["num_valid_tokens"]: m * k, pu["group_size"]: group, pu["num_experts"]: call.w1_shape[0],
+                           pu["bit"]: 4}):
+            return None
+        config = optimal(call.w1_shape, call.w2_shape, k, "int4_w4a16", m, **{po["block_shape"]: [0, group]})
+        out = []
+        # GEMM 1 reads hidden_states [M, H]; GEMM 2 the activation [M * top_k, I] with top_k 1.
+        for size_k, size_n, rows, top_k in ((call.w2_shape[1], call.w1_shape[1], m, k),
+                                            (call.w1_shape[1] // 2, call.w2_shape[1], m * k, 1)):
+            cfg = dict(config)
+            cfg.update(block_config(**{
+                pb["config"]: cfg, pb["use_moe_wna16_cuda"]: True, pb["num_valid_tokens"]: rows * top_k,
+                pb["size_k"]: size_k, pb["size_n"]: size_n, pb["num_experts"]: size_n, pb["group_size"]: group,
+                pb["real_top_k"]: top_k, pb["block_size_m"]: cfg["BLOCK_SIZE_M"]}))
+            out.append(int(cfg["BLOCK_SIZE_K"]))
+        return out[0], out[1]
+
+    return block_k
 
 
 def supports_expert_map_by_name(cls: type) -> bool | None:

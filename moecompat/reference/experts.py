@@ -10,13 +10,21 @@ float32.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..quant import MixedQuantConfig, QuantConfig, dequantize_weights, fake_quantize_activation
+from ..quant import (
+    MixedQuantConfig,
+    QuantConfig,
+    QuantScheme,
+    dequantize_weights,
+    fake_quantize_activation,
+    quantize_activation,
+)
 from ..vocab import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT, Activation
-from .numerics import IDEAL, Numerics
+from .numerics import IDEAL, Numerics, Wna16Call
 
 _GROUPED_MM = getattr(torch, "_grouped_mm", None)
 _grouped_mm_ok: dict[tuple[str, torch.dtype], bool] = {}
@@ -222,27 +230,25 @@ def _faithful_fp32(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tens
     k = topk_ids.shape[1]
     num_local = w1.shape[0]
     rd = numerics.compute_dtype(hidden_states.dtype)
-    rules = numerics.activation_quant
     c1, c2 = (cfg.for_gemm(1), cfg.for_gemm(2)) if isinstance(cfg, MixedQuantConfig) else (cfg, cfg)
-    w1f = dequantize_weights(w1, c1, 1, torch.float32)
-    w2f = dequantize_weights(w2, c2, 2, torch.float32)
     order, counts, valid, sorted_valid = _route(topk_ids, expert_map, num_local)
     slot_weights = topk_weights.reshape(-1).float()
+    row_weights = slot_weights[order]
+    wna16_k: tuple[int, int] | None = None
+    if numerics.wna16_cuda_block_k is not None and hidden_states.is_cuda and c1.scheme is QuantScheme.INT4_W4A16 \
+            and c1 is c2 and c1.group_size is not None:
+        wna16_k = numerics.wna16_cuda_block_k(Wna16Call(tuple(w1.shape), tuple(w2.shape), k, t, c1.group_size))
     # The kernel reads the activations in its compute dtype.
     x = hidden_states.to(rd)[order // k]
-    x = fake_quantize_activation(x, c1, 1, rules) if c1.quantizes_activations else x.float()
-    inter = grouped_matmul(x, w1f, counts)
-    if apply_router_weight_on_input:
-        inter = inter * slot_weights[order, None]
+    inter = _faithful_gemm(x, w1, c1, 1, counts, numerics, rd, row_weights if apply_router_weight_on_input else None,
+                           wna16_k[0] if wna16_k else None)
     inter = torch.where(sorted_valid[:, None], inter, 0)
     if numerics.round_intermediates:
         inter = inter.to(rd)
     act = apply_activation(inter, activation, rd if numerics.round_intermediates else torch.float32,
                            numerics.double_rounded_activation)
-    act = fake_quantize_activation(act, c2, 2, rules) if c2.quantizes_activations else act.float()
-    rows = grouped_matmul(act, w2f, counts)
-    if not apply_router_weight_on_input:
-        rows = rows * slot_weights[order, None]
+    rows = _faithful_gemm(act, w2, c2, 2, counts, numerics, rd,
+                          None if apply_router_weight_on_input else row_weights, wna16_k[1] if wna16_k else None)
     rows = torch.where(sorted_valid[:, None], rows, 0.0)
     if numerics.round_intermediates:
         rows = rows.to(rd)
@@ -261,4 +267,108 @@ def _faithful_fp32(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tens
     if inplace:
         hidden_states.copy_(out)
         return hidden_states
+    return out
+
+
+def _faithful_gemm(x: torch.Tensor, w: torch.Tensor, cfg: QuantConfig, which: int, counts: torch.Tensor,
+                   numerics: Numerics, rd: torch.dtype, row_weights: torch.Tensor | None,
+                   wna16_block_k: int | None) -> torch.Tensor:
+    """One grouped GEMM under ``numerics``: ``x [N, K]`` rows sorted by expert, ``w`` the layer's
+    (quantized) weights ``[E, Nout, K']``; ``row_weights [N]`` multiply the float32 accumulator of
+    each row (the router weight, where this GEMM applies it). Returns float32 ``[N, Nout]`` (or
+    the compute dtype where the kernel accumulates into it)."""
+    rules = numerics.activation_quant
+    if cfg.scheme is QuantScheme.FP8_W8A8 and cfg.block_shape is None and x.is_cuda \
+            and numerics.fp8_tensor_core_accumulation is not None:
+        out = _tensor_core_fp8_gemm(x, w, cfg, which, counts, rules, *numerics.fp8_tensor_core_accumulation)
+    else:
+        wf = dequantize_weights(w, cfg, which, torch.float32)
+        if numerics.round_dequantized_group_weights and cfg.scheme is QuantScheme.INT4_W4A16:
+            wf = wf.to(rd).float()
+        if wna16_block_k is not None:
+            return _wna16_cuda_gemm(x.to(rd), wf, counts, wna16_block_k, row_weights, rd)
+        xq = fake_quantize_activation(x, cfg, which, rules) if cfg.quantizes_activations else x.float()
+        out = grouped_matmul(xq, wf, counts)
+    if row_weights is not None:
+        out = out * row_weights[:, None]
+    return out
+
+
+# Products held at once by the emulated kernels below (float32 elements, 512 MiB).
+_EMULATION_CHUNK = 1 << 27
+
+
+def _truncate_mantissa(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """float32 ``v`` truncated toward zero to ``bits`` explicit mantissa bits."""
+    return (v.view(torch.int32) & ~((1 << (23 - bits)) - 1)).view(torch.float32)
+
+
+def _tensor_core_fp8_gemm(x: torch.Tensor, w: torch.Tensor, cfg: QuantConfig, which: int, counts: torch.Tensor,
+                          rules: Any, chunk: int, bits: int) -> torch.Tensor:
+    """fp8 GEMM as sm_90 tensor cores accumulate it: the fp8 codes' products summed ``chunk`` at
+    a time, the running sum truncated to ``bits`` mantissa bits after each chunk, the scales
+    applied to the float32 result (``acc * a_scale * w_scale``), as the Triton kernel does."""
+    scale = cfg.a1_scale if which == 1 else cfg.a2_scale
+    q, a_scale = quantize_activation(x, cfg.scheme, scale=scale, per_act_token_quant=cfg.per_act_token_quant,  # type: ignore[arg-type]
+                                     rules=rules)
+    xc = q.float()
+    a_s = a_scale.float().reshape(-1, 1) if a_scale.numel() == xc.shape[0] else a_scale.float().reshape(1, 1)
+    w_scale = (cfg.w1_scale if which == 1 else cfg.w2_scale)
+    assert w_scale is not None
+    e, n_out, kk = w.shape
+    w_s = w_scale.float().reshape(e, -1)  # [E, 1] per tensor, [E, Nout] per channel
+    pad = (-kk) % chunk
+    wc = torch.nn.functional.pad(w.float(), (0, pad))
+    xc = torch.nn.functional.pad(xc, (0, pad))
+    c = (kk + pad) // chunk
+    out = torch.zeros(xc.shape[0], n_out, device=x.device, dtype=torch.float32)
+    start = 0
+    for expert, count in enumerate(counts.tolist()):
+        if not count:
+            continue
+        xe = xc[start:start + count].view(count, c, chunk).transpose(0, 1)  # [C, r, chunk]
+        step = max(1, _EMULATION_CHUNK // max(1, c * count))
+        for n0 in range(0, n_out, step):
+            we = wc[expert, n0:n0 + step].view(-1, c, chunk).permute(1, 2, 0)  # [C, chunk, n]
+            parts = torch.bmm(xe, we)  # [C, r, n]: each chunk's products, float32
+            acc = torch.zeros_like(parts[0])
+            for j in range(c):
+                acc = _truncate_mantissa(acc + parts[j], bits)
+            out[start:start + count, n0:n0 + step] = acc * a_s[start:start + count] if a_s.shape[0] > 1 else acc * a_s
+        out[start:start + count] *= w_s[expert]
+        start += count
+    return out
+
+
+def _wna16_cuda_gemm(x: torch.Tensor, wf: torch.Tensor, counts: torch.Tensor, block_k: int,
+                     row_weights: torch.Tensor | None, rd: torch.dtype) -> torch.Tensor:
+    """vLLM's CUDA ``moe_wna16_gemm`` (csrc/moe/moe_wna16.cu): ``x`` in ``rd``, ``wf`` the
+    dequantized weights already rounded to ``rd``; each lane sums 4 consecutive products with
+    ``rd`` fused multiply-adds, the lanes of one ``block_k`` slice are added in float32 (times the
+    router weight), and each slice is added into the ``rd`` output (``atomicAdd``; in K order
+    here, one of the orders the GPU may take)."""
+    n_rows, kk = x.shape
+    e, n_out, _ = wf.shape
+    out = torch.zeros(n_rows, n_out, device=x.device, dtype=rd)
+    nb = kk // block_k
+    start = 0
+    for expert, count in enumerate(counts.tolist()):
+        if not count:
+            continue
+        xe = x[start:start + count].float()
+        step = max(1, _EMULATION_CHUNK // max(1, count * kk))
+        for n0 in range(0, n_out, step):
+            p = (xe[:, None, :] * wf[expert, n0:n0 + step][None]).view(count, -1, kk // 4, 4)
+            lane = p[..., 0].to(rd)
+            for i in range(1, 4):
+                lane = (lane.float() + p[..., i]).to(rd)
+            part = lane.float().view(count, -1, nb, block_k // 4).sum(-1)  # [r, n, blocks]
+            if row_weights is not None:
+                part = part * row_weights[start:start + count, None, None]
+            part = part.to(rd)
+            acc = part[..., 0]
+            for b in range(1, nb):
+                acc = (acc.float() + part[..., b].float()).to(rd)
+            out[start:start + count, n0:n0 + step] = acc
+        start += count
     return out

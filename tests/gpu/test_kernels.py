@@ -17,7 +17,11 @@ Every case compares the engine with the reference twice, as relative Frobenius e
 
 * **ideal** (``numerics="ideal"``, moecompat's oracle): float32 intermediates and ``amax/448``
   scales, at the earlier tolerances (2.5e-2 and 6e-2), so the engine stays within reach of the
-  exact answer too.
+  exact answer too. One exception, by the engine's design: block fp8 where vLLM uses UE8M0
+  activation scales (``is_deep_gemm_e8m0_used()``, vLLM >= 0.20 with its vendored DeepGEMM on
+  sm_90/sm_100) gets 1e-1. A power-of-two scale is up to twice ``amax/448``, so the fp8 step is
+  up to twice the ideal quantizer's: 6.2e-2 to 6.75e-2 measured on the H200 with vLLM 0.26.0,
+  against 3.8e-3 to 5.5e-3 from the faithful reference, which is the check that matters there.
 
 The JSON written by ``--gpu-results`` records both errors of every case and, for vLLM, what
 ``is_deep_gemm_e8m0_used()`` returned.
@@ -38,6 +42,7 @@ from moecompat import quant
 from moecompat.ep import shard_experts
 
 TOL = {None: 2.5e-2, "int8_w8a16": 2.5e-2, "int4_w4a16": 2.5e-2, "fp8_w8a8": 6e-2, "int8_w8a8": 6e-2}
+UE8M0_BLOCK_IDEAL_TOL = 1e-1
 FAITHFUL_TOL = {None: 8e-3, "int8_w8a16": 8e-3, "int4_w4a16": 8e-3, "fp8_w8a8": 2e-2, "int8_w8a8": 2e-2}
 
 SHAPES = {
@@ -94,6 +99,14 @@ def _routing(shape_name, tokens, dtype, top_k=None):
     return x, topk
 
 
+def _ideal_tol(engine, scheme, variant) -> float:
+    from moecompat.api import resolve_numerics
+
+    if variant.startswith("fp8-block") and resolve_numerics(engine.name, "reference").activation_quant.block_ue8m0:
+        return UE8M0_BLOCK_IDEAL_TOL
+    return TOL[scheme]
+
+
 def _rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
@@ -108,7 +121,7 @@ def _compare(record, gpu_engine, case, x, w1, w2, topk, **kw):
     faithful = mc.fused_experts(x, w1, w2, *topk, backend="reference", numerics=gpu_engine.name, **kw)
     torch.cuda.synchronize()
     assert out.shape == ideal.shape and out.dtype == ideal.dtype
-    tol, ftol = TOL[case["scheme"]], FAITHFUL_TOL[case["scheme"]]
+    tol, ftol = _ideal_tol(gpu_engine, case["scheme"], case["variant"]), FAITHFUL_TOL[case["scheme"]]
     finite = bool(torch.isfinite(out).all())
     err = _rel(out, ideal) if finite else float("inf")
     ferr = _rel(out, faithful) if finite else float("inf")
@@ -182,7 +195,7 @@ def test_expert_map_sum_over_ranks(gpu_engine, record, shape_name, scheme_name, 
                                 backend=gpu_engine.name)
         total += part.float()
     torch.cuda.synchronize()
-    tol = TOL[scheme]
+    tol = _ideal_tol(gpu_engine, scheme, scheme_name)
 
     err_full, err_ref = _rel(total, full), _rel(total, ref)
     ok = err_full <= tol and err_ref <= tol

@@ -167,3 +167,120 @@ def test_numerics_argument_resolution():
     with pytest.raises(mc.EngineNotInstalledError):
         mc.fused_experts(x, w1, w2, tw, ti, backend="reference", numerics="vllm")
     assert torch.equal(mc.fused_experts(x, w1, w2, tw, ti, numerics=IDEAL), mc.fused_experts(x, w1, w2, tw, ti))
+
+
+# --- kernel emulations of the faithful reference (each against an independent float64 model) ---
+
+
+def test_truncate_mantissa_rounds_toward_zero():
+    from moecompat.reference.experts import _truncate_mantissa
+
+    v = torch.tensor([1.0 + 2**-13 + 2**-20, -(1.0 + 2**-13 + 2**-20), 3.0, 0.0, 1.0 + 2**-23])
+    out = _truncate_mantissa(v.clone(), 13)
+    assert out.tolist() == [1.0 + 2**-13, -(1.0 + 2**-13), 3.0, 0.0, 1.0]
+    assert torch.equal(_truncate_mantissa(v.clone(), 23), v)
+
+
+def _fp8_problem(e=3, n=48, k=96, t=10, per_channel=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(e, n, k, generator=g)
+    x = torch.randn(t, k, generator=g)
+    q, _, qc = quant.quantize_moe_weights(w, torch.randn(e, k, n // 2, generator=g), "fp8_w8a8",
+                                          per_out_ch_quant=per_channel, per_act_token_quant=per_channel)
+    ids = torch.randint(0, e, (t,), generator=g)
+    order = torch.argsort(ids, stable=True)
+    counts = torch.bincount(ids, minlength=e)
+    return x[order], q, qc, counts, ids[order]
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_tensor_core_fp8_gemm_against_a_float64_model(per_channel):
+    """Codes' products summed 32 at a time, the running sum truncated to 13 bits, then the scales:
+    written out independently with float64 chunk sums."""
+    from moecompat.reference.experts import _tensor_core_fp8_gemm
+
+    x, w, qc, counts, ids = _fp8_problem(per_channel=per_channel)
+    got = _tensor_core_fp8_gemm(x, w, qc, 1, counts, VLLM_RULES, 32, 13)
+    q, a_s = quant.quantize_activation(x, "fp8_w8a8", per_act_token_quant=per_channel, rules=VLLM_RULES)
+    xc, wc = q.double(), w.double()
+    a_s = a_s.double().reshape(-1, 1) if a_s.numel() == x.shape[0] else a_s.double().reshape(1, 1)
+    want = torch.empty(x.shape[0], w.shape[1], dtype=torch.float64)
+    for r in range(x.shape[0]):
+        e = int(ids[r])
+        acc = torch.zeros(w.shape[1], dtype=torch.float32)
+        for k0 in range(0, x.shape[1], 32):
+            part = (wc[e, :, k0:k0 + 32] * xc[r, k0:k0 + 32]).sum(-1).float()
+            bits = (acc + part).view(torch.int32) & ~((1 << 10) - 1)
+            acc = bits.view(torch.float32)
+        ws = qc.w1_scale.double().reshape(w.shape[0], -1)[e]
+        want[r] = acc.double() * a_s[r if a_s.shape[0] > 1 else 0] * ws
+    assert torch.allclose(got.double(), want, rtol=2e-6, atol=0), (got.double() - want).abs().max()
+    # Truncation biases toward zero: on average the emulated sums are smaller in magnitude.
+    exact = torch.stack([(xc[r] * wc[int(ids[r])]).sum(-1) for r in range(x.shape[0])]) * a_s * \
+        torch.stack([qc.w1_scale.double().reshape(w.shape[0], -1)[int(i)] for i in ids])
+    assert ((got.double() - exact) * exact.sign()).mean() < 0
+
+
+def test_wna16_cuda_gemm_against_a_float64_model():
+    """4-element bf16 FMA lanes, float32 sums per K slice, slices added into a bf16 output."""
+    from moecompat.reference.experts import _wna16_cuda_gemm
+
+    g = torch.Generator().manual_seed(1)
+    e, n, k, block_k = 2, 24, 256, 128
+    x = torch.randn(5, k, generator=g).bfloat16()
+    wf = torch.randn(e, n, k, generator=g).bfloat16().float()
+    counts = torch.tensor([3, 2])
+    rw = torch.rand(5, generator=g)
+    got = _wna16_cuda_gemm(x, wf, counts, block_k, rw, torch.bfloat16)
+    want = torch.empty(5, n, dtype=torch.bfloat16)
+    for r in range(5):
+        ex = 0 if r < 3 else 1
+        out = torch.zeros(n, dtype=torch.bfloat16)
+        for b0 in range(0, k, block_k):
+            res = torch.zeros(n, dtype=torch.float64)
+            for c0 in range(b0, b0 + block_k, 4):
+                lane = torch.zeros(n, dtype=torch.bfloat16)
+                for i in range(4):
+                    prod = x[r, c0 + i].double() * wf[ex, :, c0 + i].double()  # exact
+                    lane = (lane.double() + prod).to(torch.bfloat16)
+                res += lane.double()
+            out = (out.double() + (res * float(rw[r])).float().to(torch.bfloat16).double()).to(torch.bfloat16)
+        want[r] = out
+    mismatch = (got != want).float().mean().item()
+    # float32 vs float64 sums of the lanes may move a rounding on rare ties.
+    assert mismatch < 0.01, mismatch
+    assert _wna16_cuda_gemm(x, wf, counts, k, None, torch.float32).allclose(
+        torch.cat([x[:3].float() @ wf[0].T, x[3:].float() @ wf[1].T]), rtol=1e-5, atol=1e-4)
+
+
+def test_faithful_rules_only_on_cuda_tensors():
+    """On CPU tensors the engines never run these kernels, so the rules change nothing there."""
+    import dataclasses
+
+    from moecompat.reference import experts
+
+    x, w, qc, counts, _ = _fp8_problem()
+    base = Numerics("plain", VLLM_RULES, round_intermediates=True)
+    tc = dataclasses.replace(base, fp8_tensor_core_accumulation=(32, 13))
+    a = experts._faithful_gemm(x, w, qc, 1, counts, base, torch.float32, None, None)
+    b = experts._faithful_gemm(x, w, qc, 1, counts, tc, torch.float32, None, None)
+    assert torch.equal(a, b)
+
+
+def test_int4_weights_rounded_to_the_compute_dtype():
+    from moecompat.reference import experts
+
+    g = torch.Generator().manual_seed(3)
+    w1 = torch.randn(2, 64, 256, generator=g)
+    q1, _, qc = quant.quantize_moe_weights(w1, torch.randn(2, 256, 128, generator=g), "int4_w4a16", group_size=128)
+    qc = mc.make_quant_config("int4_w4a16", w1_scale=qc.w1_scale.bfloat16(), w2_scale=qc.w2_scale.bfloat16(),
+                              group_size=128)
+    x = torch.randn(4, 256, generator=g).bfloat16()
+    counts = torch.tensor([2, 2])
+    rounded = Numerics("r", VLLM_RULES, round_dequantized_group_weights=True)
+    got = experts._faithful_gemm(x, q1, qc, 1, counts, rounded, torch.bfloat16, None, None)
+    wf = quant.dequantize_weights(q1, qc, 1, torch.float32).bfloat16().float()
+    want = torch.cat([x[:2].float() @ wf[0].T, x[2:].float() @ wf[1].T])
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    plain = experts._faithful_gemm(x, q1, qc, 1, counts, Numerics("p", VLLM_RULES), torch.bfloat16, None, None)
+    assert not torch.equal(plain, got)

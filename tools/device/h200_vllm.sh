@@ -10,7 +10,11 @@
 #   bash tools/device/h200_vllm.sh bench                  # roofline, bench, tune, overhead
 # Every result lands in $OUT (or ./out when OUT is unset) with the GPU's name inside it.
 set -u
-OUT=${OUT:-$PWD/out}
+FINAL=${OUT:-$PWD/out}
+# At most 8 files come back from the device: everything goes into $RES, tarred into one at the end.
+RES=/tmp/moecompat-results
+OUT=$RES
+mkdir -p "$FINAL"
 STAGE=/tmp/moecompat-stage
 SITE=/tmp/moecompat-site
 mkdir -p "$OUT" "$STAGE"
@@ -37,7 +41,9 @@ suite() {
     v=$(python3 -c "import vllm; print(vllm.__version__)")
     python3 -m moecompat doctor --json > "$OUT/doctor-vllm-$v.json" 2> "$OUT/doctor-vllm-$v.log"
     set -o pipefail
-    timeout 480 python3 -m pytest tests/gpu --engine vllm -p no:cacheprovider -q -rfE --durations=5 \
+    timeout 200 python3 tools/device/numerics_sweep.py --engine vllm --json "$OUT/numerics-sweep-vllm-$v.json" 2>&1 \
+        | grep -v "^INFO\|^WARNING" | tail -20
+    timeout 420 python3 -m pytest tests/gpu --engine vllm -p no:cacheprovider -q -rfE --durations=5 \
         --gpu-results "$OUT/gpu-vllm-$v.json" 2>&1 | tee "$OUT/pytest-vllm-$v.log" | grep -v "^$" | tail -60
 }
 
@@ -65,9 +71,20 @@ PY
     timeout 120 python3 benchmarks/overhead.py --device cuda --calls 100000 --json "$OUT/overhead-cuda.json" 2>&1 | tail -6
 }
 
+overhead() {
+    env_up
+    timeout 120 python3 benchmarks/overhead.py --device cuda --calls 100000 --json "$OUT/overhead-cuda.json" 2>&1 | tail -6
+    timeout 60 python3 benchmarks/overhead.py --device cpu --calls 100000 --no-compile --json "$OUT/overhead-cpu-on-gpu-host.json" 2>&1 | tail -4
+}
+
+pack() { (cd "$RES" && tar cf "$FINAL/results.tar" .) && ls -la "$RES"; }
+
 case "$1" in
-    stage) stage "$2"; if [ "${3:-}" = suite ]; then install && suite; fi ;;
-    suite) suite ;;
+    stage) stage "$2"; if [ "${3:-}" = suite ]; then install && suite; overhead; fi ;;
+    suite) suite; overhead ;;
     bench) bench ;;
     *) echo "usage: $0 stage N [suite] | suite | bench"; exit 2 ;;
 esac
+rc=$?
+pack
+exit $rc
