@@ -29,7 +29,7 @@ import torch
 from .._adapters import Fact, Resolution
 from .._calls import ExpertsCall, RoutingCall
 from ..quant import ActivationQuantRules, QuantConfig
-from ..reference.numerics import Numerics, sm90_fp8_accumulation
+from ..reference.numerics import Numerics
 from ..vocab import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT, Activation, QuantScheme, ScoringFunc, TopK
 from ._specs import ENGINE_SPECS
 from ._triton import KernelCall, KernelRunner, restoring_override
@@ -51,8 +51,6 @@ GLOBAL_SERVER_ARGS_RETIRED = ("get_global_server_args() raises 'retired' (values
                               "the Triton path no longer needs process-wide ServerArgs")
 SIGMOID_NEEDS_BIAS = "sigmoid scoring only with a correction bias (biased_grouped_topk)"
 WNA16_WEIGHTS_ROUNDED = "int4 w4a16 kernels round the dequantized weights ((q - zp) * s) to the compute dtype"
-FP8_DOT_IMPRECISE_SM90 = ("fp8 dots without per-tile scales accumulate the whole K in the tensor cores on sm_90 "
-                          "(Triton's max_num_imprecise_acc default)")
 NUMERICS_KNOWN = ("Triton fused_experts numerics: block fp8 x*fl(448/amax) (no UE8M0), per-tensor and per-token "
                   "fp8 x*fl(1/s) without floors, int8 per-token x*fl(127/amax) rounded half away, intermediates in "
                   "the compute dtype (fp16 for fp32 activations), act_and_mul rounded once")
@@ -167,7 +165,7 @@ FACTS: tuple[Fact, ...] = (
     # released sources; pinned on the GPU by tests/gpu against the faithful reference.
     Fact(NUMERICS_KNOWN, ">=0.5.11", kind="behaviour"),
     Fact(WNA16_WEIGHTS_ROUNDED, ">=0.5.11", kind="behaviour"),
-    Fact(FP8_DOT_IMPRECISE_SM90, ">=0.5.11", kind="behaviour"),
+
 )
 
 ENGINE = Engine(next(s for s in ENGINE_SPECS if s["name"] == "sglang"), FACTS,
@@ -516,15 +514,10 @@ def _build_numerics(engine: Engine) -> Resolution:
     rules = ActivationQuantRules(tensor_amax_floor=0.0, tensor_reciprocal=True, token_amax_floor=0.0,
                                  token_reciprocal=True, static_reciprocal=True, block_by_inverse_amax=True,
                                  int8_token_by_inverse_amax=True, int8_round_half_away=True)
-    rounded_weights, imprecise_fp8 = engine.holds(WNA16_WEIGHTS_ROUNDED), engine.holds(FP8_DOT_IMPRECISE_SM90)
-
-    def impl() -> Numerics:
-        # Asked at call time: the tensor cores' fp8 accumulation depends on the GPU.
-        return Numerics(f"sglang {engine.version_str()}", rules, round_intermediates=True,
-                        compute_dtype_for_fp32=torch.float16, round_dequantized_group_weights=rounded_weights,
-                        fp8_tensor_core_accumulation=sm90_fp8_accumulation() if imprecise_fp8 else None)
-
-    return engine.ok("numerics", impl, "sglang Triton fused_experts", "facts")
+    numerics = Numerics(f"sglang {engine.version_str()}", rules, round_intermediates=True,
+                        compute_dtype_for_fp32=torch.float16,
+                        round_dequantized_group_weights=engine.holds(WNA16_WEIGHTS_ROUNDED))
+    return engine.ok("numerics", lambda: numerics, "sglang Triton fused_experts", "facts")
 
 
 __all__ = ["ENGINE", "EP_LAYER_NEEDS_SGL_KERNEL", "FACTS", "OUTPLACE_NEEDS_TP_GROUP"]

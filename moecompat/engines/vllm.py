@@ -23,7 +23,7 @@ from .._adapters import Fact, Resolution
 from .._calls import ExpertsCall, RoutingCall
 from ..errors import EngineImportError
 from ..quant import ActivationQuantRules, QuantConfig
-from ..reference.numerics import Numerics, Wna16Call, sm90_fp8_accumulation
+from ..reference.numerics import Numerics, Wna16Call
 from ..vocab import Activation, Mxfp4Backend, QuantScheme, ScoringFunc, TopK, parse_mxfp4_backend
 from ._specs import ENGINE_SPECS
 from ._triton import KernelCall, KernelRunner, restoring_override
@@ -51,8 +51,6 @@ NUMERICS_KNOWN = ("Triton fused_experts numerics: per-tensor fp8 x*fl(1/s) witho
 WNA16_WEIGHTS_ROUNDED = "int4 w4a16 kernels round the dequantized weights ((q - zp) * s) to the compute dtype"
 WNA16_CUDA_KERNEL = ("small int4 batches (should_moe_wna16_use_cuda) run the CUDA moe_wna16_gemm: bf16 products "
                      "summed 4 at a time in bf16, K slices atomically added into the bf16 output")
-FP8_DOT_IMPRECISE_SM90 = ("fp8 dots without per-tile scales accumulate the whole K in the tensor cores on sm_90 "
-                          "(Triton's max_num_imprecise_acc default)")
 SEQUENTIAL_TOPK_SUM = "moe_sum adds top-k 3 and 4 in the activation dtype, rounding after every add"
 
 
@@ -228,7 +226,6 @@ FACTS: tuple[Fact, ...] = (
     Fact(SEQUENTIAL_TOPK_SUM, ">=0.11,<0.25", kind="behaviour"),
     Fact(WNA16_WEIGHTS_ROUNDED, ">=0.11", f"{FMM}:fused_moe_kernel_gptq_awq", kind="behaviour"),
     Fact(WNA16_CUDA_KERNEL, ">=0.11", f"{FMM}:should_moe_wna16_use_cuda", kind="behaviour"),
-    Fact(FP8_DOT_IMPRECISE_SM90, ">=0.11", kind="behaviour"),
     Fact("should_moe_wna16_use_cuda", ">=0.8", f"{FMM}:should_moe_wna16_use_cuda"),
     *_params("should_moe_wna16_use_cuda", f"{FMM}:should_moe_wna16_use_cuda", ">=0.8", "num_valid_tokens",
              "group_size", "num_experts", "bit"),
@@ -947,7 +944,6 @@ def _build_numerics(engine: Engine) -> Resolution:
     e8m0 = engine.load_fact("is_deep_gemm_e8m0_used") if engine.holds(BLOCK_UE8M0) else None
     sequential = (3, 4) if engine.holds(SEQUENTIAL_TOPK_SUM) else ()
     wna16 = _wna16_cuda_block_k(engine) if engine.holds(WNA16_CUDA_KERNEL) else None
-    imprecise_fp8 = engine.holds(FP8_DOT_IMPRECISE_SM90)
 
     def impl() -> Numerics:
         # Asked at call time: DeepGEMM's availability, the GPU and VLLM_USE_DEEP_GEMM* decide it.
@@ -958,7 +954,6 @@ def _build_numerics(engine: Engine) -> Resolution:
         return Numerics(f"vllm {engine.version_str()}{' (UE8M0 block scales)' if ue8m0 else ''}", rules,
                         round_intermediates=True, double_rounded_activation=True, sequential_topk_sum=sequential,
                         round_dequantized_group_weights=engine.holds(WNA16_WEIGHTS_ROUNDED),
-                        fp8_tensor_core_accumulation=sm90_fp8_accumulation() if imprecise_fp8 else None,
                         wna16_cuda_block_k=wna16)
 
     return engine.ok("numerics", impl, "vllm Triton fused_experts", "ue8m0 oracle" if e8m0 else "facts")

@@ -13,7 +13,7 @@ read from its facts) reproduce its fused-MoE kernels' conventions:
 | gated activation rounded twice, ``bf16(bf16(silu(g)) * u)`` (vLLM) | ``double_rounded_activation`` |
 | top-k sum rounded after every add for these top-k values (vLLM <= 0.24: 3 and 4) | ``sequential_topk_sum`` |
 | group-quantized (int4/int8 w*a16) weights dequantized in float32, then rounded to the compute dtype before the dot | ``round_dequantized_group_weights`` |
-| fp8 dots without per-tile scales accumulated by the tensor cores in reduced precision (``(chunk_k, mantissa_bits)``, CUDA tensors only) | ``fp8_tensor_core_accumulation`` |
+| experimental, set by no engine: fp8 dots without per-tile scales accumulated in reduced precision (``(chunk_k, mantissa_bits)``, CUDA tensors only) | ``fp8_tensor_core_accumulation`` |
 | vLLM's CUDA ``moe_wna16_gemm`` for small int4 batches: bf16 products summed 4 at a time in bf16, K blocks added into the bf16 output | ``wna16_cuda_block_k`` |
 
 The engine facts that choose these live in ``moecompat/engines/<engine>.py`` (the ``numerics``
@@ -31,11 +31,13 @@ from ..quant import IDEAL_ACTIVATION_QUANT, ActivationQuantRules
 
 __all__ = ["IDEAL", "SM90_FP8_ACCUMULATION", "Numerics", "Wna16Call", "sm90_fp8_accumulation"]
 
-#: Triton lowers an fp8 ``tl.dot`` on sm_90 to wgmma with ``max_num_imprecise_acc = 2**30``
-#: (triton/backends/nvidia/compiler.py: the default on capability 9.0 only), so the whole K loop
-#: accumulates inside the tensor cores, which keep about 13 mantissa bits and truncate at each
-#: k=32 instruction (DeepSeek-V3 report, section 3.3.2: "around 14 bits", "nearly 2%" at K=4096).
-#: ``(chunk_k, mantissa_bits)``; the figures of the sweep that chose them are in docs/gpu.md.
+#: An *experimental* emulation, used by no engine's numerics: Triton lowers an fp8 ``tl.dot``
+#: on sm_90 to wgmma with ``max_num_imprecise_acc = 2**30`` (its default on capability 9.0), so
+#: the whole K loop accumulates inside the tensor cores, reported to keep about 14 bits
+#: (DeepSeek-V3 report, section 3.3.2). Truncating the running sum to ``mantissa_bits`` every
+#: ``chunk_k`` products does **not** reproduce vLLM 0.26's kernels on the H200: its error is
+#: independent of theirs (tools/device/numerics_sweep.py; figures in docs/gpu.md). Kept so the
+#: next model of that arithmetic can be swept the same way.
 SM90_FP8_ACCUMULATION: tuple[int, int] = (32, 13)
 
 

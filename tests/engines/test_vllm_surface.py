@@ -428,3 +428,23 @@ def test_tracker_records_engine_routing(vllm_engine):
         assert torch.equal(tracker.layer_counts(layer), torch.bincount(ids.reshape(-1).long(), minlength=16))
     after = [(o, a, (o.__dict__ if isinstance(o, type) else vars(o))[a]) for o, a in targets]
     assert all(b[2] is a[2] for b, a in zip(before, after, strict=True))
+
+
+def test_int4_numerics_facts_match_the_release_source(vllm_engine):
+    """Facts WNA16_WEIGHTS_ROUNDED and WNA16_CUDA_KERNEL, pinned on the installed release's own
+    fused_moe.py: the Triton int4 kernel rounds ``(q - zp) * s`` to the compute dtype, and the
+    CUDA wna16 path is chosen by ``should_moe_wna16_use_cuda`` and sized by
+    ``get_moe_wna16_block_config`` with the arguments moecompat's numerics pass it."""
+    import importlib
+
+    from moecompat.engines.vllm import FMM, WNA16_CUDA_KERNEL, WNA16_WEIGHTS_ROUNDED
+
+    src = inspect.getsource(importlib.import_module(FMM))
+    if not (vllm_engine.holds(WNA16_WEIGHTS_ROUNDED) or vllm_engine.holds(WNA16_CUDA_KERNEL)):
+        pytest.skip(f"vLLM {vllm_engine.version_str()}: outside both facts' ranges (read from 0.11.2 and 0.26.0)")
+    if vllm_engine.holds(WNA16_WEIGHTS_ROUNDED):
+        assert "* b_scale).to(compute_type)" in src, vllm_engine.version_str()
+    if vllm_engine.holds(WNA16_CUDA_KERNEL):
+        for needle in ("should_moe_wna16_use_cuda(", "num_experts=B.size(1)", "size_k=A.size(1)", "size_n=B.size(1)",
+                       "moe_wna16_gemm("):
+            assert needle in src, (needle, vllm_engine.version_str())

@@ -5,15 +5,18 @@ Every case compares the engine with the reference twice, as relative Frobenius e
 
 * **faithful** (``numerics=<engine>``): the reference follows the installed release's arithmetic
   (its activation quantizers, UE8M0 block scales when vLLM's ``is_deep_gemm_e8m0_used()`` says so,
-  intermediates rounded to the activation dtype, vLLM's twice-rounded SiLU-and-mul, the top-k
-  sum). What remains is float32 accumulation order inside the GEMMs, which can move one bf16
-  rounding of an intermediate, and with it one fp8/int8 step of the re-quantized activation.
-  Tolerances, each 3x tighter than the ideal ones:
+  intermediates rounded to the activation dtype, vLLM's twice-rounded SiLU-and-mul, int4 weights
+  rounded to the compute dtype, vLLM's CUDA wna16 kernel for small int4 batches, the top-k sum).
+  What remains is accumulation order inside the GEMMs, which can move one bf16 rounding of an
+  intermediate, and with it one fp8/int8 step of the re-quantized activation. Tolerances, with
+  the largest error measured on the H200 (vLLM 0.26.0, the run in docs/results/gpu):
 
-  | scheme | tolerance | why |
-  |---|---|---|
-  | bf16, fp16, int8_w8a16, int4_w4a16 | 8e-3 | a stored bf16 intermediate differs by at most 1 ulp (2^-8) where the accumulation order moves a rounding; the CPU simulation gives < 1e-3 |
-  | fp8_w8a8, int8_w8a8 | 2e-2 | such a 1-ulp move can push an element across an fp8 (3 mantissa bits) or int8 step at re-quantization; SM90 Triton fp8 dots accumulate with reduced precision (``max_num_imprecise_acc``), which no CPU arithmetic reproduces |
+  | scheme | tolerance | measured | why |
+  |---|---|---|---|
+  | bf16, fp16, int8_w8a16, int4_w4a16 (Triton path) | 3e-3 | 9.5e-4 | a bf16 intermediate moves by 1 ulp (2^-8) where fp32 accumulation order moves a rounding |
+  | int4_w4a16 on vLLM's CUDA wna16 kernel (at most 6 tokens per expert) | 1.2e-2 | 8.7e-3 | its K slices are added into the bf16 output with atomics, in an order the GPU picks |
+  | fp8_w8a8 block, int8_w8a8 | 1e-2 | 5.5e-3 | such a 1-ulp move pushes an element across an fp8/int8 step when the kernel re-quantizes it |
+  | fp8_w8a8 per tensor / per channel on sm_90 | 3e-2 | 2.25e-2 | a residual the reference does not model: Triton accumulates these fp8 dots over the whole K inside the tensor cores (no per-tile scales to promote at); a truncating emulation was swept and rejected (docs/gpu.md) |
 
 * **ideal** (``numerics="ideal"``, moecompat's oracle): float32 intermediates and ``amax/448``
   scales, at the earlier tolerances (2.5e-2 and 6e-2), so the engine stays within reach of the
@@ -43,7 +46,9 @@ from moecompat.ep import shard_experts
 
 TOL = {None: 2.5e-2, "int8_w8a16": 2.5e-2, "int4_w4a16": 2.5e-2, "fp8_w8a8": 6e-2, "int8_w8a8": 6e-2}
 UE8M0_BLOCK_IDEAL_TOL = 1e-1
-FAITHFUL_TOL = {None: 8e-3, "int8_w8a16": 8e-3, "int4_w4a16": 8e-3, "fp8_w8a8": 2e-2, "int8_w8a8": 2e-2}
+FAITHFUL_TOL = {None: 3e-3, "int8_w8a16": 3e-3, "int4_w4a16": 3e-3, "fp8_w8a8": 1e-2, "int8_w8a8": 1e-2}
+WNA16_CUDA_FAITHFUL_TOL = 1.2e-2
+FP8_UNTILED_SM90_FAITHFUL_TOL = 3e-2
 
 SHAPES = {
     # name: (E, top_k, H, I, grouped routing)
@@ -107,6 +112,20 @@ def _ideal_tol(engine, scheme, variant) -> float:
     return TOL[scheme]
 
 
+def _faithful_tol(engine, case, x, w1, w2, topk, qc) -> float:
+    from moecompat.api import resolve_numerics
+    from moecompat.reference.numerics import Wna16Call
+
+    scheme, variant = case["scheme"], case["variant"]
+    if scheme == "fp8_w8a8" and not variant.startswith("fp8-block") and torch.cuda.get_device_capability()[0] == 9:
+        return FP8_UNTILED_SM90_FAITHFUL_TOL
+    wna16 = resolve_numerics(engine.name, "reference").wna16_cuda_block_k
+    if scheme == "int4_w4a16" and wna16 is not None and qc is not None and qc.group_size and w1 is not None:
+        if wna16(Wna16Call(tuple(w1.shape), tuple(w2.shape), topk.topk_ids.shape[1], x.shape[0], qc.group_size)):
+            return WNA16_CUDA_FAITHFUL_TOL
+    return FAITHFUL_TOL[scheme]
+
+
 def _rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
@@ -121,7 +140,8 @@ def _compare(record, gpu_engine, case, x, w1, w2, topk, **kw):
     faithful = mc.fused_experts(x, w1, w2, *topk, backend="reference", numerics=gpu_engine.name, **kw)
     torch.cuda.synchronize()
     assert out.shape == ideal.shape and out.dtype == ideal.dtype
-    tol, ftol = _ideal_tol(gpu_engine, case["scheme"], case["variant"]), FAITHFUL_TOL[case["scheme"]]
+    tol = _ideal_tol(gpu_engine, case["scheme"], case["variant"])
+    ftol = _faithful_tol(gpu_engine, case, x, w1, w2, topk, kw.get("quant_config"))
     finite = bool(torch.isfinite(out).all())
     err = _rel(out, ideal) if finite else float("inf")
     ferr = _rel(out, faithful) if finite else float("inf")

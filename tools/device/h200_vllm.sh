@@ -41,7 +41,7 @@ suite() {
     v=$(python3 -c "import vllm; print(vllm.__version__)")
     python3 -m moecompat doctor --json > "$OUT/doctor-vllm-$v.json" 2> "$OUT/doctor-vllm-$v.log"
     set -o pipefail
-    timeout 200 python3 tools/device/numerics_sweep.py --engine vllm --json "$OUT/numerics-sweep-vllm-$v.json" 2>&1 \
+    [ "${SWEEP:-0}" = 1 ] && timeout 200 python3 tools/device/numerics_sweep.py --engine vllm --json "$OUT/numerics-sweep-vllm-$v.json" 2>&1 \
         | grep -v "^INFO\|^WARNING" | tail -20
     timeout 420 python3 -m pytest tests/gpu --engine vllm -p no:cacheprovider -q -rfE --durations=5 \
         --gpu-results "$OUT/gpu-vllm-$v.json" 2>&1 | tee "$OUT/pytest-vllm-$v.log" | grep -v "^$" | tail -60
