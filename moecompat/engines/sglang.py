@@ -37,7 +37,7 @@ NEW_FM = f"{MOE}.moe_runner.triton_utils.fused_moe"
 OLD_CFG = f"{MOE}.fused_moe_triton.fused_moe_triton_config"
 NEW_CFG = f"{MOE}.moe_runner.triton_utils.fused_moe_triton_config"
 
-EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel on every platform but NPU/HIP"
+EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel at module level on every platform but NPU/HIP"
 OUTPLACE_NEEDS_TP_GROUP = "out-of-place Triton fused_experts allocates its output with get_tp_group()"
 
 FACTS: tuple[VersionFact, ...] = (
@@ -62,16 +62,19 @@ FACTS: tuple[VersionFact, ...] = (
     VersionFact("get_config_dtype_str in fused_moe_triton_config.py", ">=0.5.2,<0.5.11", f"{OLD_CFG}:get_config_dtype_str"),
     VersionFact("get_config_dtype_str in moe_runner/triton_utils", ">=0.5.11", f"{NEW_CFG}:get_config_dtype_str"),
     VersionFact("get_config_file_name: per_channel_quant", ">=0.5.3,<0.5.11", f"{OLD_CFG}:get_config_file_name", "param", "per_channel_quant"),
-    VersionFact("get_config_file_name: down_moe", ">=0.5.4,<0.5.11", f"{OLD_CFG}:get_config_file_name", "param", "down_moe"),
+    VersionFact("get_config_file_name: down_moe", ">=0.5.4.post2,<0.5.11", f"{OLD_CFG}:get_config_file_name", "param", "down_moe"),
     VersionFact("EPMoE", "<0.5.3", f"{MOE}.ep_moe.layer:EPMoE"),
     VersionFact("DeepEPMoE", ">=0.4.7", f"{MOE}.ep_moe.layer:DeepEPMoE"),
     VersionFact("get_moe_impl_class(quant_config)", ">=0.5.1", f"{MOE}.ep_moe.layer:get_moe_impl_class", "param", "quant_config"),
     VersionFact("ExpertDistributionRecorder in managers/", "<0.4.9", "sglang.srt.managers.expert_distribution:ExpertDistributionRecorder"),
     VersionFact("ExpertDistributionRecorder in eplb/", ">=0.4.9", "sglang.srt.eplb.expert_distribution:ExpertDistributionRecorder"),
     VersionFact("sigmoid scoring only with a correction bias (biased_grouped_topk)", "<0.5.6", kind="behaviour"),
-    # `if not (_is_npu or _is_hip): from sgl_kernel import silu_and_mul` at module level: without
-    # sgl-kernel (a CUDA build) the EP layer module does not import at all, e.g. on CPU.
-    VersionFact(EP_LAYER_NEEDS_SGL_KERNEL, ">=0.4.9,<0.5.4", f"{MOE}.ep_moe.layer", kind="behaviour"),
+    # `from sgl_kernel import silu_and_mul` at module level: unguarded in 0.4.8.x, under
+    # `if not (_is_npu or _is_hip):` from 0.4.9 to 0.5.4 (0.4.7 imports it only on CUDA; 0.5.4.post1
+    # drops it). Without a loadable sgl-kernel (a CUDA build: not installed, or installed without the
+    # NVIDIA driver's libcuda.so.1, as `sglang[srt]` installs it on a CPU host) the EP layer module
+    # does not import at all, e.g. on CPU.
+    VersionFact(EP_LAYER_NEEDS_SGL_KERNEL, ">=0.4.8,<0.5.4.post1", f"{MOE}.ep_moe.layer", kind="behaviour"),
     # `with use_symmetric_memory(get_tp_group(), ...)` around the output allocation of the
     # out-of-place path: get_tp_group() asserts outside a server (no tensor-parallel group), so
     # every out-of-place call fails there (found on an H100 with 0.5.16/0.5.17). The in-place
@@ -356,7 +359,7 @@ def _build_config_file_name(engine: Engine) -> Resolution:
             kw["per_channel_quant"] = True
         if down_moe:
             if "down_moe" not in params:
-                raise engine.unsupported("down_moe config names", ">=0.5.4")
+                raise engine.unsupported("down_moe config names", ">=0.5.4.post2")
             kw["down_moe"] = True
         return fn(E, N, dtype_str, list(block_shape) if block_shape else None, **kw)
 
@@ -422,6 +425,26 @@ def _build_override(engine: Engine) -> Resolution:
     return engine.ok("override_config", impl, fn, "module _config")
 
 
+def sgl_kernel_unavailable(exc: BaseException, load: Any = None) -> str | None:
+    """Why ``sgl_kernel`` is what made an import fail with ``exc``, or ``None`` if it is not.
+
+    ``ModuleNotFoundError`` for ``sgl_kernel``: it is not installed. Any other error: it is the
+    cause exactly when sgl_kernel is installed and importing it fails too (``load``, default
+    ``importlib.import_module("sgl_kernel")``), e.g. its ``common_ops`` needs the NVIDIA driver's
+    ``libcuda.so.1`` (an ``ImportError`` or ``OSError``, by sgl-kernel release); the reason then
+    names that error."""
+    if isinstance(exc, ModuleNotFoundError):
+        return "sgl_kernel is not installed" if exc.name == "sgl_kernel" else None
+    load = load or (lambda: importlib.import_module("sgl_kernel"))
+    try:
+        load()
+    except ModuleNotFoundError:
+        return None  # not installed, so not what failed: `exc` had another cause
+    except Exception as again:
+        return f"sgl_kernel is installed but does not load ({type(again).__name__}: {again})"
+    return None
+
+
 @ENGINE.adapter("ep_moe_layer_class")
 def _build_ep_layer(engine: Engine) -> Resolution:
     """The seed's ``EPMoE`` (SGLang 0.4.x) is gone from 0.5.3; its successors are chosen by
@@ -430,12 +453,13 @@ def _build_ep_layer(engine: Engine) -> Resolution:
     if version is not None and engine.fact(EP_LAYER_NEEDS_SGL_KERNEL).holds_for(version):
         try:
             importlib.import_module(f"{MOE}.ep_moe.layer")
-        except ModuleNotFoundError as exc:
-            if exc.name != "sgl_kernel":
+        except Exception as exc:
+            reason = sgl_kernel_unavailable(exc)
+            if reason is None:
                 raise
             raise engine.unsupported(
-                "ep_moe_layer_class", "SGLang 0.4.7, >=0.5.4 on any platform; this release with sgl-kernel installed (CUDA)",
-                detail=f"this release's {EP_LAYER_NEEDS_SGL_KERNEL} and sgl_kernel is not installed") from None
+                "ep_moe_layer_class", "==0.4.7 or >=0.5.4.post1 on any platform, this release where sgl-kernel loads (CUDA)",
+                detail=f"this release's {EP_LAYER_NEEDS_SGL_KERNEL}, and {reason}") from None
     try:
         _, fn = engine.find([Location(f"{MOE}.ep_moe.layer", "get_moe_impl_class", ">=0.4.7")])
     except LookupError:
