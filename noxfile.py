@@ -6,7 +6,9 @@
     nox -t surface                    # the full CPU engine matrix (every vLLM / SGLang release)
     nox -s "surface_vllm(0.24.0)"    # one release of the matrix
     nox -s surface_vllm -- 0.9.1      # any other release, on demand
-    nox -s compat_table               # docs/compatibility.md from docs/results/surface/*.json
+    nox -s surface_sglang -- 0.5.3.post1   # (SGLang 0.4.8-0.5.4: installed from the release's own
+                                      #  Requires-Dist, read from its wheel; see tests/engines/envs.toml)
+    nox -s compat_table               # docs/compatibility.md from docs/results/ and tests/engines/releases.toml
     nox -s gpu_vllm -- 0.24.0         # real GPU kernels (needs CUDA); see docs/gpu.md
 
 Environment:
@@ -310,4 +312,5 @@ for _engine in ("vllm", "sglang"):
 def compat_table(session: nox.Session) -> None:
     """Write docs/compatibility.md from the recorded matrix results."""
     session.install("packaging")
-    session.run("python", "tools/compat_table.py", str(RESULTS), str(ROOT / "docs/compatibility.md"))
+    session.run("python", "tools/compat_table.py", str(RESULTS), str(ROOT / "docs/compatibility.md"),
+                str(ROOT / "tests/engines/releases.toml"))
