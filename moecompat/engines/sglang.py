@@ -61,7 +61,7 @@ FACTS: tuple[VersionFact, ...] = (
     VersionFact("get_config_dtype_str importable from fused_moe_triton/fused_moe.py", "<0.5.11", f"{OLD_FM}:get_config_dtype_str"),
     VersionFact("get_config_dtype_str in fused_moe_triton_config.py", ">=0.5.2,<0.5.11", f"{OLD_CFG}:get_config_dtype_str"),
     VersionFact("get_config_dtype_str in moe_runner/triton_utils", ">=0.5.11", f"{NEW_CFG}:get_config_dtype_str"),
-    VersionFact("get_config_file_name: per_channel_quant", ">=0.5.3,<0.5.11", f"{OLD_CFG}:get_config_file_name", "param", "per_channel_quant"),
+    VersionFact("get_config_file_name: per_channel_quant", ">=0.5.3.post2,<0.5.11", f"{OLD_CFG}:get_config_file_name", "param", "per_channel_quant"),
     VersionFact("get_config_file_name: down_moe", ">=0.5.4.post2,<0.5.11", f"{OLD_CFG}:get_config_file_name", "param", "down_moe"),
     VersionFact("EPMoE", "<0.5.3", f"{MOE}.ep_moe.layer:EPMoE"),
     VersionFact("DeepEPMoE", ">=0.4.7", f"{MOE}.ep_moe.layer:DeepEPMoE"),
@@ -355,7 +355,7 @@ def _build_config_file_name(engine: Engine) -> Resolution:
         kw: dict[str, Any] = {}
         if per_channel_quant:
             if "per_channel_quant" not in params:
-                raise engine.unsupported("per-channel config names", ">=0.5.3")
+                raise engine.unsupported("per-channel config names", ">=0.5.3.post2")
             kw["per_channel_quant"] = True
         if down_moe:
             if "down_moe" not in params:

@@ -1,4 +1,4 @@
-"""SGLang facts found by running 0.4.8.post1, 0.4.10.post2, 0.5.1.post3 and 0.5.4 on CPU, and how
+"""SGLang facts found by running 0.4.8-0.5.4 on CPU, and how
 the EP-layer adapter names a missing or unloadable sgl-kernel (no SGLang needed here; the engine
 matrix, tests/engines, checks the same on each installed release)."""
 
@@ -32,6 +32,14 @@ def test_ep_layer_fact_range(version, holds):
 ])
 def test_down_moe_first_appears_in_0_5_4_post2(version, holds):
     assert ENGINE.fact("get_config_file_name: down_moe").holds_for(Version(version)) is holds
+
+
+@pytest.mark.parametrize(("version", "holds"), [
+    ("0.5.2", False), ("0.5.3", False), ("0.5.3.post1", False),  # found by running 0.5.3.post1 on CPU
+    ("0.5.3.post2", True), ("0.5.10.post1", True), ("0.5.11", False),
+])
+def test_per_channel_quant_first_appears_in_0_5_3_post2(version, holds):
+    assert ENGINE.fact("get_config_file_name: per_channel_quant").holds_for(Version(version)) is holds
 
 
 def _real_load_failure() -> OSError:
