@@ -6,7 +6,9 @@
     nox -t surface                    # the full CPU engine matrix (every vLLM / SGLang release)
     nox -s "surface_vllm(0.24.0)"    # one release of the matrix
     nox -s surface_vllm -- 0.9.1      # any other release, on demand
-    nox -s compat_table               # docs/compatibility.md from docs/results/surface/*.json
+    nox -s surface_sglang -- 0.5.3.post1   # (SGLang 0.4.8-0.5.4: installed from the release's own
+                                      #  Requires-Dist, read from its wheel; see tests/engines/envs.toml)
+    nox -s compat_table               # docs/compatibility.md from docs/results/ and tests/engines/releases.toml
     nox -s gpu_vllm -- 0.24.0         # real GPU kernels (needs CUDA); see docs/gpu.md
 
 Environment:
@@ -23,6 +25,7 @@ when they end, and under CI (CI set) pip keeps no cache: a run needs room for on
 
 from __future__ import annotations
 
+import datetime
 import os
 import pathlib
 import shutil
@@ -114,6 +117,62 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict")
 
 
+def _release_reqs():
+    """tools/release_reqs.py: a release's own requirements, read from its wheel."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tools import release_reqs
+
+    return release_reqs
+
+
+def _download_release(session: nox.Session, engine: str, version: str) -> pathlib.Path:
+    """The release's own wheel (no dependencies), downloaded into the session's tmp folder."""
+    dest = pathlib.Path(session.create_tmp()) / f"{engine}-{version}"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    session.run("python", "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *_pip_source_args(),
+                "-d", str(dest), f"{engine}=={version}")
+    wheels = sorted(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        session.error(f"{engine} {version}: expected one wheel in {dest}, found {[w.name for w in wheels]}")
+    return wheels[0]
+
+
+def _own_requirements(session: nox.Session, engine: str, version: str, group: dict) -> tuple[pathlib.Path, list, str]:
+    """The release's wheel, its own requirements (base plus the group's ``extras``, less
+    ``[engine] cpu_exclude``) and the torch release it pins."""
+    rr = _release_reqs()
+    wheel = _download_release(session, engine, version)
+    reqs = rr.release_requirements(engine, rr.requires_dist(wheel), group.get("extras", []),
+                                   ENVS[engine].get("cpu_exclude", []))
+    torch_pin = rr.pinned_version(reqs, "torch")
+    if torch_pin is None:
+        session.error(f"{engine} {version} pins no torch release; give its install group a torch version")
+    return wheel, reqs, torch_pin
+
+
+def _install_own_requirements(session: nox.Session, engine: str, version: str, group: dict) -> None:
+    """Install ``engine==version`` the way ``pip install engine[extras]==version`` would on this
+    machine, from the release's own ``Requires-Dist`` (read from its wheel): its own torch pin
+    (a CUDA build from the index; it imports without a GPU), its own pins of transformers,
+    xgrammar, ..., and every unpinned requirement as pip resolved it when the release came out
+    (``--uploaded-prior-to`` the wheel's build date plus a day). Dropped: ``[engine] cpu_exclude``.
+    Then the group's ``no_deps`` and ``overrides`` (where the release's own pins fail on CPU)."""
+    rr = _release_reqs()
+    wheel, reqs, torch_pin = _own_requirements(session, engine, version, group)
+    cutoff = (rr.build_date(wheel) + datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    session.log(f"{engine} {version}: torch {torch_pin}, {len(reqs)} requirements of its own "
+                f"(extras {group.get('extras', [])}), resolved as of {cutoff}")
+    _install(session, "--prefer-binary", f"--uploaded-prior-to={cutoff}", *(str(r) for r in reqs),
+             *group.get("requirements", []))
+    for pkg in group.get("no_deps", []):
+        _install(session, "--no-deps", pkg)
+    for pkg in group.get("overrides", []):
+        _install(session, "--no-deps", pkg)
+    _install(session, "--no-deps", str(wheel))
+
+
 def _surface(session: nox.Session, engine: str, version: str) -> None:
     versions = session.posargs or [version]
     if session.posargs and version != ENVS[engine]["versions"][0]:
@@ -128,12 +187,15 @@ def _surface(session: nox.Session, engine: str, version: str) -> None:
 def _surface_versions(session: nox.Session, engine: str, versions: list[str]) -> None:
     for v in versions:
         group = _group(engine, v)
-        _install(session, f"torch=={group.get('torch', CPU_TORCH)}")
-        for pkg in group.get("no_deps", []):
-            _install(session, "--no-deps", pkg)
-        _install(session, "--no-deps", f"{engine}=={v}")
-        if group.get("requirements"):
-            _install(session, *group["requirements"])
+        if group.get("torch") == "release":
+            _install_own_requirements(session, engine, v, group)
+        else:
+            _install(session, f"torch=={group.get('torch', CPU_TORCH)}")
+            for pkg in group.get("no_deps", []):
+                _install(session, "--no-deps", pkg)
+            _install(session, "--no-deps", f"{engine}=={v}")
+            if group.get("requirements"):
+                _install(session, *group["requirements"])
         pins = ENVS[engine].get("pins", {}).get(v)
         if pins:
             _install(session, *pins)
@@ -173,7 +235,10 @@ def _gpu(session: nox.Session, engine: str) -> None:
     for v in versions:
         if os.environ.get("MOECOMPAT_SYSTEM_TORCH") != "1":
             group = _group(engine, v)
-            _install(session, f"torch=={group.get('gpu_torch', group.get('torch', CPU_TORCH))}")
+            torch_version = group.get("gpu_torch", group.get("torch", CPU_TORCH))
+            if torch_version == "release":
+                torch_version = _own_requirements(session, engine, v, group)[2]
+            _install(session, f"torch=={torch_version}")
         if os.environ.get("MOECOMPAT_PREINSTALLED") == "1":
             # The engine is already importable (e.g. an unpacked offline bundle on PYTHONPATH):
             # check it is the requested release instead of installing.
@@ -247,4 +312,5 @@ for _engine in ("vllm", "sglang"):
 def compat_table(session: nox.Session) -> None:
     """Write docs/compatibility.md from the recorded matrix results."""
     session.install("packaging")
-    session.run("python", "tools/compat_table.py", str(RESULTS), str(ROOT / "docs/compatibility.md"))
+    session.run("python", "tools/compat_table.py", str(RESULTS), str(ROOT / "docs/compatibility.md"),
+                str(ROOT / "tests/engines/releases.toml"))

@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--python-version", default="3.12", help="the target machine's Python (major.minor)")
     w.add_argument("--platform", action="append", default=None,
                    help="pip platform tag of the target (repeatable; default: the manylinux x86_64 tags)")
+    w.add_argument("--extra", action="append", default=[], metavar="REQ",
+                   help="one more requirement resolved with the engine, repeatable (e.g. 'sglang[srt]==0.5.23')")
+    w.add_argument("--no-moecompat", action="store_true", help="leave moecompat and its dependencies out")
     w.add_argument("--dry-run", action="store_true", help="print the pip command instead of running it")
     w.set_defaults(func=_wheelhouse)
     return parser
@@ -429,12 +432,24 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _wheelhouse(args: argparse.Namespace) -> int:
-    from .wheelhouse import build_wheelhouse
+    import shlex
+    import subprocess
 
-    platforms = tuple(args.platform) if args.platform else None
-    result = build_wheelhouse(args.engine, args.version, args.dest, python_version=args.python_version,
-                              platforms=platforms, dry_run=args.dry_run)
-    print(result)
+    from .errors import MoECompatError
+    from .wheelhouse import DEFAULT_PLATFORMS, build_wheelhouse
+
+    platforms = tuple(args.platform) if args.platform else DEFAULT_PLATFORMS
+    try:
+        commands = build_wheelhouse(args.engine, args.version, args.dest, python_version=args.python_version,
+                                    platforms=platforms, extra=args.extra, with_moecompat=not args.no_moecompat,
+                                    dry_run=args.dry_run)
+    except subprocess.CalledProcessError as exc:
+        raise MoECompatError(f"wheelhouse: pip could not download every wheel (exit status {exc.returncode}; its output "
+                                     "above names the requirement, often one with no wheel for the platform)") from None
+    for cmd in commands:
+        print(shlex.join(cmd))
+    if not args.dry_run:
+        print(f"wrote {args.dest} (README.md there says how to install offline)")
     return 0
 
 

@@ -45,7 +45,7 @@ RUNNER = f"{MOE}.moe_runner.base:MoeRunnerConfig"
 EP = f"{MOE}.ep_moe.layer"
 SERVER_ARGS = "sglang.srt.server_args"
 
-EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel on every platform but NPU/HIP"
+EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel at module level on every platform but NPU/HIP"
 OUTPLACE_NEEDS_TP_GROUP = "out-of-place Triton fused_experts allocates its output with get_tp_group()"
 GLOBAL_SERVER_ARGS_RETIRED = ("get_global_server_args() raises 'retired' (values live in SGLang's runtime context); "
                               "the Triton path no longer needs process-wide ServerArgs")
@@ -471,6 +471,26 @@ def _build_routing_hooks(engine: Engine) -> Resolution:
     return engine.ok("routing_hooks", impl, fact.where, "hooks")
 
 
+def sgl_kernel_unavailable(exc: BaseException, load: Any = None) -> str | None:
+    """Why ``sgl_kernel`` is what made an import fail with ``exc``, or ``None`` if it is not.
+
+    ``ModuleNotFoundError`` for ``sgl_kernel``: it is not installed. Any other error: it is the
+    cause exactly when sgl_kernel is installed and importing it fails too (``load``, default
+    ``importlib.import_module("sgl_kernel")``), e.g. its ``common_ops`` needs the NVIDIA driver's
+    ``libcuda.so.1`` (an ``ImportError`` or ``OSError``, by sgl-kernel release); the reason then
+    names that error."""
+    if isinstance(exc, ModuleNotFoundError):
+        return "sgl_kernel is not installed" if exc.name == "sgl_kernel" else None
+    load = load or (lambda: importlib.import_module("sgl_kernel"))
+    try:
+        load()
+    except ModuleNotFoundError:
+        return None  # not installed, so not what failed: `exc` had another cause
+    except Exception as again:
+        return f"sgl_kernel is installed but does not load ({type(again).__name__}: {again})"
+    return None
+
+
 @ENGINE.adapter("ep_moe_layer_class")
 def _build_ep_layer(engine: Engine) -> Resolution:
     """The seed's ``EPMoE`` (SGLang 0.4.x) is gone from 0.5.3; its successors are chosen by
@@ -480,16 +500,12 @@ def _build_ep_layer(engine: Engine) -> Resolution:
                      "sgl-kernel loads (CUDA)")
         try:
             importlib.import_module(engine.fact(EP_LAYER_NEEDS_SGL_KERNEL).where)
-        except ModuleNotFoundError as exc:
-            if exc.name != "sgl_kernel":
+        except Exception as exc:
+            reason = sgl_kernel_unavailable(exc)
+            if reason is None:
                 raise
             raise engine.unsupported("ep_moe_layer_class", elsewhere,
-                                     detail=f"this release's {EP_LAYER_NEEDS_SGL_KERNEL} and sgl_kernel is not installed") from None
-        except (ImportError, OSError) as exc:
-            # sgl-kernel installed but its common_ops does not load (no NVIDIA driver: libcuda.so.1).
-            raise engine.unsupported("ep_moe_layer_class", elsewhere,
-                                     detail=f"this release's {EP_LAYER_NEEDS_SGL_KERNEL} and sgl_kernel does not load "
-                                            f"here ({type(exc).__name__}: {exc})") from None
+                                     detail=f"this release's {EP_LAYER_NEEDS_SGL_KERNEL}, and {reason}") from None
     try:
         fact, fn = engine.find("get_moe_impl_class")
     except LookupError:

@@ -28,8 +28,10 @@ def probe(fact: Fact):
         # a missing third-party dependency is a broken environment, not a version fact.
         if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
             return False
-        if exc.name == "sgl_kernel" and _needs_sgl_kernel(module):
-            pytest.skip(f"not verifiable here: {module} imports sgl_kernel (CUDA only) in this release (behaviour fact)")
+        _skip_if_sgl_kernel(module, exc)
+        raise
+    except Exception as exc:  # e.g. sgl-kernel installed without the NVIDIA driver: ImportError/OSError
+        _skip_if_sgl_kernel(module, exc)
         raise
     for part in qualname.split("."):
         # A class attribute counts where the class body defines it (not inherited), as the API
@@ -42,6 +44,17 @@ def probe(fact: Fact):
     if fact.kind == "param":
         return fact.param in inspect.signature(obj).parameters
     return True
+
+
+def _skip_if_sgl_kernel(module: str, exc: BaseException) -> None:
+    """Skip (not verifiable here) when ``module`` imports sgl_kernel unconditionally in this
+    release (a behaviour fact) and sgl_kernel is what failed: not installed, or not loadable."""
+    from moecompat.engines.sglang import sgl_kernel_unavailable
+
+    reason = sgl_kernel_unavailable(exc)
+    if reason and _needs_sgl_kernel(module):
+        pytest.skip(f"not verifiable here: {module} imports sgl_kernel (CUDA only) in this release "
+                    f"(behaviour fact), and {reason}")
 
 
 def _needs_sgl_kernel(module: str) -> bool:

@@ -136,3 +136,19 @@ def test_progress_line_when_asked(tmp_path, run):
              "--batch-size", "1", "2", "--engine", "reference", "--device", "cpu", "--no-progress",
              "--out", str(tmp_path / "b")])
     assert r.returncode == 0 and "bench custom" not in r.stderr
+
+
+def test_wheelhouse_dry_run_prints_the_pip_commands(run, tmp_path):
+    res = run(["wheelhouse", "vllm", "0.26.0", "--dest", str(tmp_path / "wh"), "--python-version", "3.11",
+               "--platform", "manylinux_2_28_x86_64", "--extra", "torch==2.11.0", "--dry-run"])
+    assert res.returncode == 0, res.stderr
+    download = [line for line in res.stdout.splitlines() if " download " in line]
+    assert len(download) == 1
+    for piece in ("--only-binary=:all:", "--python-version 3.11", "--platform manylinux_2_28_x86_64", "vllm==0.26.0",
+                  "torch==2.11.0"):
+        assert piece in download[0], piece
+    assert not (tmp_path / "wh").exists(), "a dry run wrote files"
+
+
+def test_wheelhouse_bad_version_is_one_line(run):
+    _one_line_error(run(["wheelhouse", "vllm", "not a version", "--dry-run"]), "version")
