@@ -32,7 +32,11 @@ import shutil
 import sys
 
 import nox
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 ROOT = pathlib.Path(__file__).resolve().parent
 ENVS = tomllib.loads((ROOT / "tests/engines/envs.toml").read_text())
@@ -102,12 +106,46 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "tests/unit", *session.posargs)
 
 
+#: The oldest torch moecompat claims (pyproject: torch>=2.5, for torch.library.custom_op and
+#: torch.compiler.substitute_in_graph) with the oldest Python it claims.
+OLDEST = {"python": "3.10", "torch": "2.5.1"}
+
+
+@nox.session(python=OLDEST["python"])
+def tests_oldest(session: nox.Session) -> None:
+    """The unit tests on the oldest Python and torch moecompat claims (a CUDA build of torch from
+    the index: several GB; it imports without a GPU)."""
+    _install(session, f"torch=={OLDEST['torch']}", "numpy<2")
+    _install(session, "-e", ".[test]")
+    session.run("pytest", "tests/unit", *session.posargs)
+    _release_venv(session)
+
+
+@nox.session(python="3.12")
+def tests_py312(session: nox.Session) -> None:
+    """The unit tests on Python 3.12 (the GPU machine's) with the CI torch (from the index there)."""
+    _install(session, f"torch=={CPU_TORCH}")
+    _install(session, "-e", ".[test]")
+    session.run("pytest", "tests/unit", *session.posargs)
+    _release_venv(session)
+
+
 @nox.session(python="3.11", tags=["ci"])
 def lint(session: nox.Session) -> None:
     _install(session, f"torch=={CPU_TORCH}")
     _install(session, "-e", ".[lint]")
     session.run("ruff", "check", "moecompat", "tests", "benchmarks", "tools", "noxfile.py")
     session.run("mypy")
+
+
+@nox.session(python="3.11", tags=["ci"])
+def package(session: nox.Session) -> None:
+    """Build the wheel and sdist and check what they carry (tools/check_dist.py)."""
+    _install(session, "build")
+    dist = pathlib.Path(session.create_tmp()) / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), ".")
+    session.run("python", "tools/check_dist.py", str(dist))
 
 
 @nox.session(python="3.11")
@@ -200,7 +238,7 @@ def _surface_versions(session: nox.Session, engine: str, versions: list[str]) ->
         if pins:
             _install(session, *pins)
         _install(session, "--no-deps", "-e", ".")
-        _install(session, "packaging", "importlib-metadata", "pytest", "hypothesis")
+        _install(session, "packaging", "pytest", "hypothesis")
         out = RESULTS / "surface"
         out.mkdir(parents=True, exist_ok=True)
         junit = session.create_tmp() + f"/{engine}-{v}.xml"

@@ -7,6 +7,15 @@ that needs them is resolved. With no engine installed everything runs on the pur
 reference backend. The names below are the stable public surface (a test pins them).
 """
 
+import warnings as _warnings
+
+# torch warns "Failed to initialize NumPy" at import when NumPy is absent or built for another
+# ABI; moecompat never uses NumPy, so that line is noise on every command. Only this message is
+# filtered, and only for the import of torch that moecompat triggers.
+with _warnings.catch_warnings():
+    _warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+    import torch as _torch  # noqa: F401
+
 from . import mx, mxfp4, ops, quant
 from ._checks import set_debug
 from ._version import __version__

@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--platform", action="append", default=None,
                    help="pip platform tag of the target (repeatable; default: the manylinux x86_64 tags)")
     w.add_argument("--extra", action="append", default=[], metavar="REQ",
-                   help="one more requirement resolved with the engine, repeatable (e.g. 'sglang[srt]==0.5.23')")
+                   help="one more requirement resolved with the engine, repeatable (e.g. 'sglang[srt]==VERSION' or a torch pin)")
     w.add_argument("--no-moecompat", action="store_true", help="leave moecompat and its dependencies out")
     w.add_argument("--dry-run", action="store_true", help="print the pip command instead of running it")
     w.set_defaults(func=_wheelhouse)

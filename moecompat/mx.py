@@ -4,7 +4,7 @@ Exact, engine-independent implementation of the OCP MX v1.0 formats that MXFP4 M
 (gpt-oss) consume:
 
 * **e2m1** element: 1 sign bit, 2 exponent bits (bias 1), 1 mantissa bit. The 16 codes map to
-  ``±{0, 0.5, 1, 1.5, 2, 3, 4, 6}`` ([`E2M1_VALUES`][moecompat.mx.E2M1_VALUES]); code ``c`` and ``c | 0b1000`` differ in
+  ``±{0, 0.5, 1, 1.5, 2, 3, 4, 6}`` (``E2M1_VALUES``); code ``c`` and ``c | 0b1000`` differ in
   sign only.
 * **e8m0** scale: an unsigned biased exponent, value ``2 ** (code - 127)``; code 255 is NaN.
 * **block**: 32 consecutive elements along the reduction dimension share one scale.

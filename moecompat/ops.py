@@ -16,7 +16,7 @@ at trace time; value checks (expert-id ranges) run inside the op, on CPU tensors
 CUDA tensors in debug mode, as in eager mode.
 
 Needs torch >= 2.5 (``torch.library.custom_op`` and ``torch.compiler.substitute_in_graph``); on
-older torch the functions work in eager mode only and [`AVAILABLE`][moecompat.ops.AVAILABLE] is False.
+older torch the functions work in eager mode only and ``moecompat.ops.AVAILABLE`` is False.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ class ExpertActivationTracker:
         return check_int("layer", layer, minimum=0, maximum=self.num_layers - 1)
 
     def record(self, layer: int, topk_ids: torch.Tensor) -> None:
-        """Count the experts chosen in ``topk_ids [T, k]`` (any int dtype) for ``layer``."""
+        """Count the experts chosen in ``topk_ids [T, k]`` (any int dtype) for ``layer``, the
+        layer's index ``0 <= layer < num_layers``."""
         layer = self._check_record_args(layer)
         if not isinstance(topk_ids, torch.Tensor) or topk_ids.is_floating_point() or topk_ids.is_complex() \
                 or topk_ids.dtype is torch.bool:
@@ -153,7 +154,7 @@ class ExpertActivationTracker:
 
     @classmethod
     def from_json(cls, text: str) -> ExpertActivationTracker:
-        """The tracker [`to_json`][moecompat.ExpertActivationTracker.to_json] wrote; every field is
+        """The tracker ``to_json`` wrote; every field is
         checked (an ``InvalidInputError`` names the field, the expected and the actual value)."""
         if not isinstance(text, (str, bytes)):
             raise InvalidInputError("text", "a JSON str written by ExpertActivationTracker.to_json", describe(text))
@@ -228,7 +229,7 @@ class ExpertActivationTracker:
         """Record the installed engine's own top-k selection inside the block (a real model run).
 
         Wraps the functions through which the engine's MoE layers route, where the layers look
-        them up (see [`engine_hook_targets`][moecompat.tracker.engine_hook_targets]): vLLM's router base class
+        them up (see ``moecompat.tracker.engine_hook_targets``): vLLM's router base class
         (``BaseRouter._select_experts``), ``FusedMoE.select_experts`` and its CPU routing
         ``select_experts``; SGLang's ``topk.select_experts``. Only the outermost hooked call of a
         routing step is counted, so a hooked function calling another is not counted twice.

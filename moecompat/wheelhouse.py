@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--platform", action="append", dest="platforms", metavar="TAG",
                         help=f"a platform tag of the cluster, repeatable (default: {' '.join(DEFAULT_PLATFORMS)})")
     parser.add_argument("--extra", action="append", default=[], metavar="REQ",
-                        help="one more requirement resolved with the engine, repeatable (e.g. 'sglang[srt]==0.5.23')")
+                        help="one more requirement resolved with the engine, repeatable (e.g. 'sglang[srt]==VERSION' or a torch pin)")
     parser.add_argument("--no-moecompat", action="store_true", help="leave moecompat out")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)

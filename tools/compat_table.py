@@ -15,7 +15,10 @@ import json
 import pathlib
 import sys
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 

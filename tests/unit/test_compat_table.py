@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pathlib
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 from packaging.version import Version
 
 from tools import compat_table
