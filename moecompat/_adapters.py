@@ -22,7 +22,7 @@ from typing import Any, Literal
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
-from .errors import InvalidInputError, MoECompatError, UnsupportedFeatureError
+from .errors import EngineDriftError, InvalidInputError, MoECompatError, UnsupportedFeatureError
 
 __all__ = [
     "REGISTRY",
@@ -280,8 +280,20 @@ class Backend:
             return Resolution(entry_point, self.name, "unsupported", detail=str(err), error=err)
         try:
             return builder(self)
+        except EngineDriftError as exc:
+            return Resolution(entry_point, self.name, "drift", detail=str(exc), error=exc, drift=(exc.detail,))
         except UnsupportedFeatureError as exc:
             return Resolution(entry_point, self.name, "unsupported", detail=str(exc), error=exc)
+        except Exception as exc:
+            res = self._on_failure(entry_point, exc)
+            if res is None:
+                raise
+            return res
+
+    def _on_failure(self, entry_point: str, exc: Exception) -> Resolution | None:
+        """The resolution of a builder that raised ``exc`` (not an UnsupportedFeatureError), or
+        ``None`` to let it propagate; engines turn probe failures into drift or errors."""
+        return None
 
 
 Resolver = Callable[[], Resolution]

@@ -32,7 +32,6 @@ from ..errors import (
     EngineImportError,
     EngineNotInstalledError,
     MoECompatError,
-    UnsupportedFeatureError,
 )
 
 __all__ = ["Engine", "Params", "ProbeFailure", "mask_expert_map"]
@@ -338,30 +337,18 @@ class Engine(Backend):
         return res
 
     def _build(self, entry_point: str) -> Resolution:
-        if entry_point in self.lacks:
-            detail = self.lacks[entry_point]
-            return Resolution(entry_point, self.name, "unsupported", detail=detail,
-                              error=self.unsupported(entry_point, detail=detail))
-        builder = self.builders.get(entry_point)
-        if builder is None:
-            err = self.unsupported(entry_point, detail="moecompat has no adapter for it")
-            return Resolution(entry_point, self.name, "unsupported", detail=str(err), error=err)
-        try:
-            return builder(self)
-        except EngineDriftError as exc:
-            return Resolution(entry_point, self.name, "drift", detail=str(exc), error=exc, drift=(exc.detail,))
-        except UnsupportedFeatureError as exc:
-            return Resolution(entry_point, self.name, "unsupported", detail=str(exc), error=exc)
-        except ProbeFailure as exc:
+        return Backend.resolve(self, entry_point)
+
+    def _on_failure(self, entry_point: str, exc: Exception) -> Resolution | None:
+        if isinstance(exc, ProbeFailure):
             if exc.expected or self.newer_than_tested():
                 why = ("a fact says this release has it" if exc.expected
                        else f"{self.version_str()} is newer than the tested releases ({self.name}{self.tested})")
                 err = self.drift(entry_point, f"{exc.symbol} not found ({why}); looked in: " + "; ".join(exc.tried))
                 return Resolution(entry_point, self.name, "drift", detail=str(err), error=err, drift=(err.detail,))
-            err = self.unsupported(entry_point, detail=str(exc))
-            return Resolution(entry_point, self.name, "unsupported", detail=str(err), error=err)
-        except MoECompatError:
-            raise
-        except Exception as exc:
-            err = EngineImportError(self.name, self.version_str(), entry_point, detail="probing failed", cause=exc)
-            return Resolution(entry_point, self.name, "error", detail=str(err), error=err)
+            unsupported = self.unsupported(entry_point, detail=str(exc))
+            return Resolution(entry_point, self.name, "unsupported", detail=str(unsupported), error=unsupported)
+        if isinstance(exc, MoECompatError):
+            return None
+        failed = EngineImportError(self.name, self.version_str(), entry_point, detail="probing failed", cause=exc)
+        return Resolution(entry_point, self.name, "error", detail=str(failed), error=failed)

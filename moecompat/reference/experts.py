@@ -138,30 +138,13 @@ def fused_experts(
     w1c = w1 if c1.scheme is None and compute == w1.dtype else dequantize_weights(w1, c1, 1, compute)
     w2c = w2 if c2.scheme is None and compute == w2.dtype else dequantize_weights(w2, c2, 2, compute)
 
-    flat_ids = topk_ids.reshape(-1).long()
-    if expert_map is not None:
-        # Never index out of bounds, even with ids the checks did not see (CUDA outside debug
-        # mode): an id outside the map, or a map entry outside this rank's experts, is a slot
-        # that contributes zero.
-        n_map = expert_map.shape[0]
-        in_map = (flat_ids >= 0) & (flat_ids < n_map)
-        flat_ids = torch.where(in_map, expert_map.long()[flat_ids.clamp(0, max(n_map - 1, 0))], -1)
-    # Slots routed to experts not on this rank (or to no valid expert) sort last, into a dummy
-    # group that is dropped.
-    valid = (flat_ids >= 0) & (flat_ids < num_local)
-    flat_ids = torch.where(valid, flat_ids, num_local)
-    order = torch.argsort(flat_ids, stable=True)
-    # bincount would read the maximum back to the host; a scatter-add keeps the GPU asynchronous.
-    counts = torch.zeros(num_local + 1, dtype=torch.int64, device=flat_ids.device)
-    counts.index_add_(0, flat_ids, torch.ones_like(flat_ids))
-    counts = counts[:num_local]
+    order, counts, valid, sorted_valid = _route(topk_ids, expert_map, num_local)
     slot_weights = topk_weights.reshape(-1).float()
 
     x = hidden_states[order // k]
     if c1.quantizes_activations:
         x = fake_quantize_activation(x, c1, 1)
     x = x.to(compute)
-    sorted_valid = valid[order]
     inter = grouped_matmul(x, w1c, counts)
     # The dummy group's rows are left unspecified by grouped_matmul (uninitialised memory):
     # zero them, as kernels write zeros for slots of experts not on this rank, so that they never
@@ -191,15 +174,19 @@ def fused_experts(
 def _route(topk_ids: torch.Tensor, expert_map: torch.Tensor | None, num_local: int
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(order, counts, valid, sorted_valid)``: the (token, k) slots sorted by local expert (slots
-    of no local expert, or of ids out of range, last, in a dummy group)."""
+    of no local expert, or of ids out of range, last, in a dummy group that is dropped)."""
     flat_ids = topk_ids.reshape(-1).long()
     if expert_map is not None:
+        # Never index out of bounds, even with ids the checks did not see (CUDA outside debug
+        # mode): an id outside the map, or a map entry outside this rank's experts, is a slot
+        # that contributes zero.
         n_map = expert_map.shape[0]
         in_map = (flat_ids >= 0) & (flat_ids < n_map)
         flat_ids = torch.where(in_map, expert_map.long()[flat_ids.clamp(0, max(n_map - 1, 0))], -1)
     valid = (flat_ids >= 0) & (flat_ids < num_local)
     flat_ids = torch.where(valid, flat_ids, num_local)
     order = torch.argsort(flat_ids, stable=True)
+    # bincount would read the maximum back to the host; a scatter-add keeps the GPU asynchronous.
     counts = torch.zeros(num_local + 1, dtype=torch.int64, device=flat_ids.device)
     counts.index_add_(0, flat_ids, torch.ones_like(flat_ids))
     return order, counts[:num_local], valid, valid[order]
