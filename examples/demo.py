@@ -5,9 +5,8 @@
 
 import time
 
+import moecompat as mc  # first: it keeps torch's NumPy warning from the output
 import torch
-
-import moecompat as mc
 
 torch.manual_seed(0)
 device = "cuda" if torch.cuda.is_available() else "cpu"

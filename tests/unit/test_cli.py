@@ -164,3 +164,15 @@ def test_no_numpy_warning_without_numpy():
     bare = subprocess.run([sys.executable, "-c", "import sys; sys.modules['numpy'] = None; import torch"],
                           capture_output=True, text=True, timeout=300)
     assert "Failed to initialize NumPy" in bare.stderr, "torch no longer warns: this test and the filter can go"
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """``moecompat doctor | head -1``: the reader leaves before the output is written (here: it
+    closes the pipe at once); no traceback reaches the terminal, the status is 141 (SIGPIPE)."""
+    proc = subprocess.Popen([sys.executable, "-m", "moecompat", "doctor"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the child has imported anything, let alone printed
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
