@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, List, Optional
 
 import torch
 
@@ -104,14 +104,18 @@ def _traceable_quant_config(quant_config: Any) -> QuantConfig:
 
 
 if AVAILABLE:
+    # The ops' signatures spell optional and list arguments ``Optional[X]`` and ``List[int]``:
+    # torch 2.5's schema inference (torch.library.infer_schema) knows only those typing forms, an
+    # ``X | None`` or ``list[int]`` annotation fails there at import; newer torch infers the same
+    # schemas from either spelling (ruff's UP006/UP035/UP045 are off for this file, pyproject.toml).
 
     @torch.library.custom_op("moecompat::fused_experts", mutates_args=())
     def _fused_experts_op(
         hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-        topk_ids: torch.Tensor, w1_scale: torch.Tensor | None, w2_scale: torch.Tensor | None,
-        a1_scale: torch.Tensor | None, a2_scale: torch.Tensor | None, w1_zp: torch.Tensor | None,
-        w2_zp: torch.Tensor | None, scheme: str, block_shape: list[int] | None, per_act_token_quant: bool,
-        per_out_ch_quant: bool, group_size: int, expert_map: torch.Tensor | None, activation: str,
+        topk_ids: torch.Tensor, w1_scale: Optional[torch.Tensor], w2_scale: Optional[torch.Tensor],
+        a1_scale: Optional[torch.Tensor], a2_scale: Optional[torch.Tensor], w1_zp: Optional[torch.Tensor],
+        w2_zp: Optional[torch.Tensor], scheme: str, block_shape: Optional[List[int]], per_act_token_quant: bool,
+        per_out_ch_quant: bool, group_size: int, expert_map: Optional[torch.Tensor], activation: str,
         global_num_experts: int, apply_router_weight_on_input: bool, backend: str, numerics: str,
     ) -> torch.Tensor:
         qc = _rebuild_quant_config((w1_scale, w2_scale, a1_scale, a2_scale, w1_zp, w2_zp), scheme, block_shape,
@@ -128,8 +132,8 @@ if AVAILABLE:
     @torch.library.custom_op("moecompat::select_experts", mutates_args=())
     def _select_experts_op(
         hidden_states: torch.Tensor, router_logits: torch.Tensor, top_k: int, renormalize: bool, scoring_func: str,
-        use_grouped_topk: bool, num_expert_group: int | None, topk_group: int | None,
-        e_score_correction_bias: torch.Tensor | None, routed_scaling_factor: float | None, backend: str,
+        use_grouped_topk: bool, num_expert_group: Optional[int], topk_group: Optional[int],
+        e_score_correction_bias: Optional[torch.Tensor], routed_scaling_factor: Optional[float], backend: str,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = api.select_experts(hidden_states, router_logits, top_k, renormalize=renormalize, scoring_func=scoring_func,
                                  use_grouped_topk=use_grouped_topk, num_expert_group=num_expert_group,
@@ -146,12 +150,12 @@ if AVAILABLE:
     @torch.library.custom_op("moecompat::fused_moe", mutates_args=())
     def _fused_moe_op(
         hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, router_logits: torch.Tensor, top_k: int,
-        renormalize: bool, scoring_func: str, use_grouped_topk: bool, num_expert_group: int | None,
-        topk_group: int | None, e_score_correction_bias: torch.Tensor | None, routed_scaling_factor: float | None,
-        w1_scale: torch.Tensor | None, w2_scale: torch.Tensor | None, a1_scale: torch.Tensor | None,
-        a2_scale: torch.Tensor | None, w1_zp: torch.Tensor | None, w2_zp: torch.Tensor | None, scheme: str,
-        block_shape: list[int] | None, per_act_token_quant: bool, per_out_ch_quant: bool, group_size: int,
-        expert_map: torch.Tensor | None, activation: str, global_num_experts: int,
+        renormalize: bool, scoring_func: str, use_grouped_topk: bool, num_expert_group: Optional[int],
+        topk_group: Optional[int], e_score_correction_bias: Optional[torch.Tensor], routed_scaling_factor: Optional[float],
+        w1_scale: Optional[torch.Tensor], w2_scale: Optional[torch.Tensor], a1_scale: Optional[torch.Tensor],
+        a2_scale: Optional[torch.Tensor], w1_zp: Optional[torch.Tensor], w2_zp: Optional[torch.Tensor], scheme: str,
+        block_shape: Optional[List[int]], per_act_token_quant: bool, per_out_ch_quant: bool, group_size: int,
+        expert_map: Optional[torch.Tensor], activation: str, global_num_experts: int,
         apply_router_weight_on_input: bool, backend: str,
     ) -> torch.Tensor:
         qc = _rebuild_quant_config((w1_scale, w2_scale, a1_scale, a2_scale, w1_zp, w2_zp), scheme, block_shape,
@@ -169,7 +173,7 @@ if AVAILABLE:
         return hidden_states.new_empty((hidden_states.shape[0], w2.shape[1]))
 
     @torch.library.custom_op("moecompat::moe_align_block_size", mutates_args=())
-    def _moe_align_op(topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: torch.Tensor | None,
+    def _moe_align_op(topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: Optional[torch.Tensor],
                       pad_sorted_ids: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = api.moe_align_block_size(topk_ids, block_size, num_experts, expert_map, pad_sorted_ids=pad_sorted_ids,
                                        backend=backend)  # type: ignore[arg-type]
