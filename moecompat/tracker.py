@@ -37,9 +37,15 @@ class ExpertActivationTracker:
         if device is not None:
             device = _device("device", device)
         self._lock = threading.Lock()
-        self.counts: torch.Tensor | None = (
-            torch.zeros(num_layers, num_experts + 1, dtype=torch.int64, device=device) if device is not None else None
-        )
+        self.counts: torch.Tensor | None = None
+        if device is not None:
+            try:
+                self.counts = torch.zeros(num_layers, num_experts + 1, dtype=torch.int64, device=device)
+            except (RuntimeError, AssertionError) as exc:
+                # torch says "not compiled with CUDA" (AssertionError) or "no NVIDIA driver"
+                # (RuntimeError), depending on the build.
+                raise InvalidInputError("device", "a device this machine has (see torch.cuda.is_available())",
+                                        f"{device} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
         self._steps = 0
         self._ones_buf: torch.Tensor | None = None
 

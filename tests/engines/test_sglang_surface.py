@@ -196,7 +196,7 @@ def test_cpu_routing_agrees_with_reference(sglang_engine, case, renormalize):
 
 def test_sigmoid_without_bias_follows_facts(sglang_engine):
     x, logits = torch.zeros(4, 8), torch.randn(4, 16)
-    if version_in(sglang_engine, sglang_engine.fact("TopKConfig.scoring_func (sigmoid without a bias)").versions):
+    if sglang_engine.holds("TopKConfig.scoring_func"):
         mc.select_experts(x, logits, 2, scoring_func="sigmoid", backend="sglang")
     else:
         with pytest.raises(mc.UnsupportedFeatureError, match="sigmoid"):
