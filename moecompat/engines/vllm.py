@@ -51,6 +51,7 @@ NUMERICS_KNOWN = ("Triton fused_experts numerics: per-tensor fp8 x*fl(1/s) witho
 WNA16_WEIGHTS_ROUNDED = "int4 w4a16 kernels round the dequantized weights ((q - zp) * s) to the compute dtype"
 WNA16_CUDA_KERNEL = ("small int4 batches (should_moe_wna16_use_cuda) run the CUDA moe_wna16_gemm: bf16 products "
                      "summed 4 at a time in bf16, K slices atomically added into the bf16 output")
+TRTLLM_MXFP4_PADS_256 = "the MXFP4 oracle pads the intermediate size to a multiple of 256 for the TRT-LLM backends"
 SEQUENTIAL_TOPK_SUM = "moe_sum adds top-k 3 and 4 in the activation dtype, rounding after every add"
 
 
@@ -187,6 +188,8 @@ FACTS: tuple[Fact, ...] = (
     Fact("mxfp4_round_up", ">=0.19", f"{ORACLE}:mxfp4_round_up_hidden_size_and_intermediate_size"),
     *_params("mxfp4_round_up", f"{ORACLE}:mxfp4_round_up_hidden_size_and_intermediate_size", ">=0.28", "activation"),
     Fact(MXFP4_MARLIN_ENV, ">=0.10,<0.24", "vllm.envs", kind="behaviour"),
+    # moecompat's own round-up rules are the later ones (256 -> 128 for TRT-LLM at 0.27).
+    Fact(TRTLLM_MXFP4_PADS_256, ">=0.19,<0.27", ORACLE, kind="behaviour"),
     # The per-layer FusedMoEConfig the oracle reads, and the deployment config around it.
     Fact("FusedMoEConfig", ">=0.9.2", f"{CFG}:FusedMoEConfig"),
     *_params("FusedMoEConfig", f"{CFG}:FusedMoEConfig", ">=0.9.2", "num_experts", "experts_per_token", "hidden_dim",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import re
 
 import pytest
 import torch
@@ -14,21 +15,38 @@ from moecompat import quant
 from moecompat._adapters import REGISTRY
 from moecompat._backends import ENTRY_POINTS
 from moecompat._calls import ExpertsCall
+from moecompat.engines.vllm import (
+    DEEPSEEK_BIAS,
+    NUMERICS_KNOWN,
+    REMAINDER_TO_LAST_RANK,
+    TRTLLM_MXFP4_PADS_256,
+)
 from tests.engines.conftest import (
     assert_doctor_json_parses,
     assert_routing_matches_reference,
     version_in,
 )
 
-# Entry points a version is allowed to lack, with the versions that have them.
-EXPECTED_UNSUPPORTED = {"make_expert_map": ">=0.8", "select_mxfp4_backend": ">=0.10.2", "mxfp4_round_up": ">=0.19",
-                        "mxfp4_convert": ">=0.19", "moe_layer_config": ">=0.17", "numerics": ">=0.11"}
+# Entry points a version is allowed to lack, with the fact (symbol or key) that says which
+# versions have them.
+EXPECTED_UNSUPPORTED = {"make_expert_map": "determine_expert_map", "select_mxfp4_backend": "mxfp4_enum",
+                        "mxfp4_round_up": "mxfp4_round_up", "mxfp4_convert": "mxfp4_convert",
+                        "moe_layer_config": "MoEActivation", "numerics": NUMERICS_KNOWN}
+
+
+def since(engine, name: str) -> str:
+    """The versions that have ``name``: a behaviour fact's range, else the oldest lower bound of
+    the symbol's or parameter's facts."""
+    keys = {f.key for f in engine.facts}
+    if name in keys and engine.fact(name).kind == "behaviour":
+        return engine.range(name)
+    return engine.available_in(name)
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
 def test_adapter_resolves(vllm_engine, entry_point):
     res = REGISTRY.resolution(entry_point, "vllm")
-    if entry_point in EXPECTED_UNSUPPORTED and not version_in(vllm_engine, EXPECTED_UNSUPPORTED[entry_point]):
+    if entry_point in EXPECTED_UNSUPPORTED and not version_in(vllm_engine, since(vllm_engine, EXPECTED_UNSUPPORTED[entry_point])):
         assert res.status == "unsupported", res
         assert isinstance(res.error, mc.UnsupportedFeatureError)
         assert res.error.engine == "vllm" and res.error.installed == str(vllm_engine.version())
@@ -52,7 +70,14 @@ FE_CASES = [
     ("int8_w8a8", {"per_out_ch_quant": True, "per_act_token_quant": True}),
     ("int8_w8a16", {}), ("int4_w4a16", {"group_size": 16}), ("int4_w4a16", {"group_size": 16, "zero_point": True}),
 ]
-SCHEME_SINCE = {"int4_w4a16": ">=0.7", "int8_w8a8": ">=0.8"}
+#: The legacy flag whose fact says since when a scheme (or per-channel w8a8) can be asked for.
+SCHEME_FLAG = {"int4_w4a16": "fused_experts.use_int4_w4a16", "int8_w8a8": "fused_experts.use_int8_w8a8"}
+PER_CHANNEL_FLAG = "fused_experts.per_channel_quant"
+
+
+def scheme_since(engine, scheme, opts) -> str | None:
+    flag = PER_CHANNEL_FLAG if opts.get("per_out_ch_quant") else SCHEME_FLAG.get(scheme)
+    return engine.available_in(flag) if flag else None
 
 
 @pytest.mark.parametrize(("scheme", "opts"), FE_CASES, ids=lambda v: str(v))
@@ -64,14 +89,12 @@ def test_fused_experts_kwargs_bind(vllm_engine, scheme, opts, use_map):
     x = torch.randn(3, 64)
     tw, ti = mc.select_experts(x, torch.randn(3, 4), 2, backend="reference")
     emap = torch.tensor([0, 1, 2, 3], dtype=torch.int32) if use_map else None
-    since = SCHEME_SINCE.get(scheme)
-    if opts.get("per_out_ch_quant"):
-        since = ">=0.8"  # per-channel / per-token w8a8 flags
+    needs = scheme_since(vllm_engine, scheme, opts)
     call = ExpertsCall(w1, w2, qc, emap, 4, mc.Activation.SILU)
-    if since and not version_in(vllm_engine, since):
+    if needs and not version_in(vllm_engine, needs):
         with pytest.raises(mc.UnsupportedFeatureError) as info:
             impl(call).plan(x, w1, w2, tw, ti, False)
-        assert since in str(info.value)
+        assert needs in str(info.value)
         return
     runner = impl(call)
     args, kwargs, _ = runner.plan(x, w1, w2, tw, ti, False)
@@ -86,10 +109,10 @@ def test_activation_support_matches_facts(vllm_engine, activation):
     w1, w2, qc = _weights(None, {})
     x = torch.randn(3, 64)
     tw, ti = mc.select_experts(x, torch.randn(3, 4), 2, backend="reference")
-    since = {mc.Activation.SILU: ">=0.6", mc.Activation.GELU: vllm_engine.fact("gelu activation").versions,
-             mc.Activation.SWIGLUOAI: vllm_engine.fact("swigluoai activation").versions}[activation]
+    has = {mc.Activation.SILU: vllm_engine.range("fused_experts"), mc.Activation.GELU: vllm_engine.range("gelu activation"),
+           mc.Activation.SWIGLUOAI: vllm_engine.range("swigluoai activation")}[activation]
     call = ExpertsCall(w1, w2, qc, None, 4, activation)
-    if version_in(vllm_engine, since):
+    if version_in(vllm_engine, has):
         runner = impl(call)
         args, kwargs, _ = runner.plan(x, w1, w2, tw, ti, False)
         inspect.signature(runner.target).bind(*args, **kwargs)
@@ -98,17 +121,9 @@ def test_activation_support_matches_facts(vllm_engine, activation):
             impl(call)
 
 
-def _engine_dtype_str():
-    try:
-        from vllm.model_executor.layers.fused_moe.config import _get_config_dtype_str as f
-    except ImportError:
-        from vllm.model_executor.layers.fused_moe.fused_moe import get_config_dtype_str as f
-    return f
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_config_dtype_str_equals_engine(vllm_engine, dtype):
-    own = _engine_dtype_str()
+    _, own = vllm_engine.find("config_dtype_str")
     params = inspect.signature(own).parameters
     flags = [p for p in ("use_fp8_w8a8", "use_int8_w8a16", "use_int4_w4a16") if p in params]
     for values in itertools.product([False, True], repeat=len(flags)):
@@ -117,7 +132,7 @@ def test_config_dtype_str_equals_engine(vllm_engine, dtype):
     if "ocp_mx_scheme" in params:
         assert mc.get_config_dtype_str(dtype, ocp_mx_scheme="w_mxfp4_a_mxfp4", backend="vllm") == own(
             dtype, ocp_mx_scheme="w_mxfp4_a_mxfp4")
-    if version_in(vllm_engine, ">=0.11"):
+    if vllm_engine.holds("config_dtype_str@config"):
         # moecompat's own rules (used with no engine) are current vLLM's.
         for values in itertools.product([False, True], repeat=len(flags)):
             kw = dict(zip(flags, values, strict=True))
@@ -133,12 +148,12 @@ QC_CASES = [
 
 @pytest.mark.parametrize(("scheme", "opts"), QC_CASES, ids=lambda v: str(v))
 def test_quant_config_equals_engine_factories(vllm_engine, scheme, opts):
-    if not version_in(vllm_engine, ">=0.9"):
+    if not vllm_engine.holds("FusedMoEQuantConfig"):
         # No FusedMoEQuantConfig yet: moecompat passes legacy keyword flags.
         _, _, qc = _weights(scheme, opts)
-        since = ">=0.8" if opts.get("per_out_ch_quant") else SCHEME_SINCE.get(scheme)
-        if since and not version_in(vllm_engine, since):
-            with pytest.raises(mc.UnsupportedFeatureError, match=since.replace(".", r"\.")):
+        needs = scheme_since(vllm_engine, scheme, opts)
+        if needs and not version_in(vllm_engine, needs):
+            with pytest.raises(mc.UnsupportedFeatureError, match=re.escape(needs)):
                 mc.to_engine_quant_config(qc, backend="vllm")
             return
         flags = mc.to_engine_quant_config(qc, backend="vllm")
@@ -146,12 +161,10 @@ def test_quant_config_equals_engine_factories(vllm_engine, scheme, opts):
         return
     _, _, qc = _weights(scheme, opts)
     ours = mc.to_engine_quant_config(qc, backend="vllm")
-    from vllm.model_executor.layers.fused_moe import config as vcfg
-
-    assert type(ours) is vcfg.FusedMoEQuantConfig
+    assert type(ours) is vllm_engine.find("FusedMoEQuantConfig")[1]
     bs = [0, 16] if scheme == "int4_w4a16" else opts.get("block_shape")
-    if version_in(vllm_engine, ">=0.11"):
-        factory = getattr(vcfg, f"{scheme}_moe_quant_config")
+    if vllm_engine.holds(f"{scheme}_moe_quant_config"):
+        _, factory = vllm_engine.find(f"{scheme}_moe_quant_config")
         kw = dict(w1_scale=qc.w1_scale, w2_scale=qc.w2_scale)
         if scheme in ("int4_w4a16", "int8_w8a16"):
             kw.update(w1_zp=qc.w1_zp, w2_zp=qc.w2_zp, block_shape=bs)
@@ -162,8 +175,9 @@ def test_quant_config_equals_engine_factories(vllm_engine, scheme, opts):
             kw = {k: v for k, v in kw.items() if k in params}
         theirs = factory(**kw)
     else:
-        theirs = vcfg.FusedMoEQuantConfig.make(**{f"use_{scheme}": True}, per_act_token_quant=qc.per_act_token_quant,
-                                               per_out_ch_quant=qc.per_out_ch_quant, block_shape=bs)
+        _, make = vllm_engine.find("quant_config_make")
+        theirs = make(**{f"use_{scheme}": True}, per_act_token_quant=qc.per_act_token_quant,
+                      per_out_ch_quant=qc.per_out_ch_quant, block_shape=bs)
     for attr in ("quant_dtype", "use_fp8_w8a8", "use_int8_w8a8", "use_int8_w8a16", "use_int4_w4a16",
                  "per_act_token_quant", "per_out_ch_quant", "block_shape", "w1_scale", "w2_scale", "w1_zp", "w2_zp"):
         if hasattr(theirs, attr):
@@ -186,8 +200,8 @@ ROUTING_CASES = [
 @pytest.mark.parametrize("renormalize", [True, False])
 def test_cpu_routing_agrees_with_reference(vllm_engine, case, renormalize):
     """vLLM's routing code that runs on CPU tensors agrees with the reference backend."""
-    if case["bias"] and version_in(vllm_engine, "<0.7"):
-        # Fact "grouped_topk with a bias: ..." (vLLM 0.6): moecompat refuses instead of differing.
+    if case["bias"] and not vllm_engine.holds(DEEPSEEK_BIAS):
+        # Before it (vLLM 0.6) moecompat refuses instead of differing.
         with pytest.raises(mc.UnsupportedFeatureError, match="DeepSeek-V3"):
             mc.select_experts(torch.zeros(4, 8), torch.randn(4, 16), 3, backend="vllm", e_score_correction_bias=torch.zeros(16),
                               **{k: v for k, v in case.items() if k not in ("bias", "rsf")})
@@ -198,14 +212,12 @@ def test_cpu_routing_agrees_with_reference(vllm_engine, case, renormalize):
 @pytest.mark.parametrize("placement", ["linear", "round_robin"])
 @pytest.mark.parametrize(("ep_size", "experts"), [(1, 8), (2, 8), (3, 8), (4, 10)])
 def test_expert_map_equals_engine(vllm_engine, placement, ep_size, experts):
-    if not version_in(vllm_engine, ">=0.8"):
-        with pytest.raises(mc.UnsupportedFeatureError, match=r">=0\.8"):
+    needs = vllm_engine.available_in("determine_expert_map")
+    if not version_in(vllm_engine, needs):
+        with pytest.raises(mc.UnsupportedFeatureError, match=re.escape(needs)):
             mc.make_expert_map(ep_size, 0, experts, placement, backend="vllm")
         return
-    try:
-        from vllm.model_executor.layers.fused_moe.expert_map_manager import determine_expert_map
-    except ImportError:
-        from vllm.model_executor.layers.fused_moe.layer import determine_expert_map
+    _, determine_expert_map = vllm_engine.find("determine_expert_map")
     has_strategy = "expert_placement_strategy" in inspect.signature(determine_expert_map).parameters
     for rank in range(ep_size):
         if placement != "linear" and not has_strategy:
@@ -217,7 +229,7 @@ def test_expert_map_equals_engine(vllm_engine, placement, ep_size, experts):
         assert n == out[0]
         if out[1] is not None:
             assert torch.equal(m, out[1])
-        if version_in(vllm_engine, ">=0.11"):
+        if not vllm_engine.holds(REMAINDER_TO_LAST_RANK):
             rn, rm = mc.make_expert_map(ep_size, rank, experts, placement, backend="reference")
             assert rn == n and torch.equal(rm, m)
 
@@ -253,7 +265,7 @@ def test_supports_expert_map_same_before_and_after_pr_43108(vllm_engine, module,
     except (ImportError, AttributeError):
         pytest.skip(f"{module}.{cls} is not in vllm {vllm_engine.version()} or needs CUDA libraries to import")
     own = klass.__dict__.get("supports_expert_map")
-    if own is not None and version_in(vllm_engine, "<0.23"):
+    if own is not None and any(f.holds_for(vllm_engine.version()) for f in vllm_engine.symbol_facts("supports_expert_map")):
         try:
             expected = own(None)  # the engine's own answer, where it still had the method
         except AttributeError:
@@ -268,7 +280,7 @@ def test_mxfp4_round_up_equals_engine_oracle(vllm_engine, backend):
     """moecompat's documented round-up rules equal vLLM's oracle where it has one (>= 0.19)."""
     from moecompat import mxfp4
 
-    if not version_in(vllm_engine, ">=0.19"):
+    if not vllm_engine.holds("mxfp4_round_up"):
         with pytest.raises(mc.UnsupportedFeatureError):
             mxfp4.round_up_hidden_and_intermediate(backend, 2880, 2880, engine="vllm")
         return
@@ -277,8 +289,8 @@ def test_mxfp4_round_up_equals_engine_oracle(vllm_engine, backend):
     except mc.UnsupportedFeatureError:
         pytest.skip(f"{backend} is not a member of this vLLM's Mxfp4MoeBackend")
     expected = mxfp4.reference_round_up(backend, 2880, 2880)
-    if backend.startswith("flashinfer_trtllm") and version_in(vllm_engine, "<0.27"):
-        expected = (expected[0], 3072)  # TRT-LLM padded the intermediate size to 256 before 0.27
+    if backend.startswith("flashinfer_trtllm") and vllm_engine.holds(TRTLLM_MXFP4_PADS_256):
+        expected = (expected[0], 3072)
     assert got == expected
 
 
@@ -289,11 +301,11 @@ def test_engine_moe_config_from_neutral_spec(vllm_engine):
 
     spec = mxfp4.MoELayerSpec(num_experts=32, top_k=2, hidden_size=256, intermediate_size=128,
                               dtype=torch.float16, activation="silu", has_bias=False)
-    if not version_in(vllm_engine, ">=0.17"):
+    if not vllm_engine.holds("MoEActivation"):
         with pytest.raises(mc.UnsupportedFeatureError):
             mxfp4.engine_moe_config(spec, engine="vllm")
         return
-    from vllm.model_executor.layers.fused_moe.config import FusedMoEConfig
+    _, FusedMoEConfig = vllm_engine.find("FusedMoEConfig")
 
     cfg = mxfp4.engine_moe_config(spec, engine="vllm", device="cpu")
     assert type(cfg) is FusedMoEConfig
@@ -311,7 +323,7 @@ def test_select_mxfp4_backend_without_a_device(vllm_engine):
     through ``get_mxfp4_backend``; >= 0.19 without calling the oracle, which cannot run there)."""
     from moecompat import mxfp4
 
-    if not version_in(vllm_engine, ">=0.10"):
+    if not version_in(vllm_engine, vllm_engine.available_in("mxfp4_enum")):
         with pytest.raises(mc.UnsupportedFeatureError):
             mxfp4.select_mxfp4_backend(backend="vllm")
         return
@@ -367,8 +379,9 @@ def test_select_mxfp4_backend_runs_the_oracle_on_the_cpu_platform(vllm_engine):
     import subprocess
     import sys
 
-    if not version_in(vllm_engine, ">=0.19"):
-        pytest.skip("no oracle before vLLM 0.19 (get_mxfp4_backend is covered above)")
+    if not vllm_engine.holds("select_mxfp4_moe_backend"):
+        pytest.skip(f"no oracle (fact select_mxfp4_moe_backend: vllm{vllm_engine.range('select_mxfp4_moe_backend')}); "
+                    "get_mxfp4_backend is covered above")
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
     proc = subprocess.run([sys.executable, "-c", _ORACLE_ON_CPU], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -158,14 +158,25 @@ def test_adapters_take_parameters_from_facts(engine):
     assert _probe_violations(ENGINE_MODULES[engine]) == []
 
 
-@pytest.mark.parametrize("engine", sorted(ENGINE_MODULES))
-def test_every_fact_key_an_adapter_names_exists(engine):
-    tree = ast.parse(ENGINE_MODULES[engine].read_text())
-    table, _ = _fact_table_nodes(tree)
-    e = ENGINES[engine]
-    keys = {f.key for f in e.facts}
-    symbols = {f.symbol for f in e.facts}
-    aliases = {f.key.split("@", 1)[0] for f in e.facts}
+#: The engine matrix's tests, whose expectations come from the same facts.
+SURFACE_TESTS = {name: PKG.parent / "tests" / "engines" / f"test_{name}_surface.py" for name in ENGINES}
+
+
+def _literal_ranges(module: pathlib.Path) -> list[str]:
+    tree = ast.parse(module.read_text())
+    docs = _docstring_nodes(tree)
+    return [f"line {n.lineno}: {n.value!r}" for n in ast.walk(tree) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str) and id(n) not in docs and VERSION_RANGE.search(n.value)]
+
+
+def _unknown_fact_keys(engine: str, module: pathlib.Path) -> list[str]:
+    """Literal names given to ``engine.find/holds/fact/...`` that are no fact key, symbol or
+    parameter alias of ``engine`` (outside the fact table itself)."""
+    tree = ast.parse(module.read_text())
+    table, _ = _fact_table_nodes(tree) if module.parent.name == "engines" and module.parent.parent.name == "moecompat" \
+        else (set(), set())
+    facts = ENGINES[engine].facts
+    known = {f.key for f in facts} | {f.symbol for f in facts} | {f.key.split("@", 1)[0] for f in facts}
     unknown = []
     for node in ast.walk(tree):
         if id(node) in table or not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
@@ -173,11 +184,34 @@ def test_every_fact_key_an_adapter_names_exists(engine):
         if node.func.attr not in FACT_METHODS or not node.args:
             continue
         arg = node.args[0]
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            name = arg.value
-            if name not in keys | symbols | aliases:
-                unknown.append(f"line {node.lineno}: {node.func.attr}({name!r})")
-    assert unknown == []
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value not in known:
+            unknown.append(f"line {node.lineno}: {node.func.attr}({arg.value!r})")
+    return unknown
+
+
+@pytest.mark.parametrize("engine", sorted(SURFACE_TESTS))
+def test_engine_tests_take_version_ranges_from_facts(engine):
+    """The matrix tests ask the facts which releases have a feature; a literal range there would
+    be a second, unchecked copy of a fact."""
+    assert _literal_ranges(SURFACE_TESTS[engine]) == []
+
+
+@pytest.mark.parametrize("path", [*ENGINE_MODULES.items(), *SURFACE_TESTS.items()],
+                         ids=lambda p: str(p[1].relative_to(PKG.parent)))
+def test_every_fact_key_an_adapter_or_test_names_exists(path):
+    """A fact looked up by a key that does not exist fails only on the engine matrix (a
+    ``KeyError`` there); this finds it with no engine installed."""
+    assert _unknown_fact_keys(*path) == []
+
+
+def test_the_fact_key_and_range_checks_find_what_they_look_for(tmp_path):
+    bad = tmp_path / "test_vllm_surface.py"
+    bad.write_text('def test_x(vllm_engine):\n'
+                   '    """Since >=0.8 (a docstring may say so)."""\n'
+                   '    if vllm_engine.holds("TopKConfig.scoring_func (sigmoid without a bias)"):\n'
+                   '        assert version_in(vllm_engine, ">=0.5")\n')
+    assert [u.split(":")[0] for u in _unknown_fact_keys("vllm", bad)] == ["line 3"]
+    assert [r.split(":")[0] for r in _literal_ranges(bad)] == ["line 4"]
 
 
 def test_the_checker_finds_what_it_looks_for(tmp_path):
