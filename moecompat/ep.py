@@ -102,7 +102,18 @@ def shard_experts(w1: torch.Tensor, w2: torch.Tensor, quant_config: Any, expert_
     ids = local_expert_ids(expert_map).to(w1.device)
     local_qc = quant_config
     if quant_config is not None:
-        local_qc = dataclasses.replace(quant_config, **{
-            name: getattr(quant_config, name)[ids.to(getattr(quant_config, name).device)]
-            for name in ("w1_scale", "w2_scale", "w1_zp", "w2_zp") if getattr(quant_config, name) is not None})
-    return w1[ids].contiguous(), w2[ids].contiguous(), local_qc
+        sliced: dict[str, Any] = {
+            name: _take_experts(getattr(quant_config, name), ids)
+            for name in ("w1_scale", "w2_scale", "w1_zp", "w2_zp") if getattr(quant_config, name) is not None}
+        local_qc = dataclasses.replace(quant_config, **sliced)
+    return _take_experts(w1, ids), _take_experts(w2, ids), local_qc
+
+
+def _take_experts(t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``t[ids]`` (the experts ``ids`` along dim 0), contiguous. One-byte floats (fp8) are indexed
+    as their bytes: torch 2.5's CPU index kernel has no float8 case, and copying the bits is exact
+    on every torch."""
+    ids = ids.to(t.device)
+    if t.is_floating_point() and t.element_size() == 1:
+        return t.view(torch.uint8)[ids].view(t.dtype)
+    return t[ids].contiguous()

@@ -91,8 +91,13 @@ def float_to_e2m1(x: torch.Tensor) -> torch.Tensor:
 def e8m0_to_float(codes: torch.Tensor) -> torch.Tensor:
     """Decode e8m0 scale codes (uint8) to float32 powers of two (255 decodes to NaN)."""
     c = codes.to(torch.int32)
-    out = torch.exp2((c - E8M0_BIAS).float())
-    return torch.where(c == 255, torch.full_like(out, float("nan")), out)
+    # The float32 bit pattern, built directly: code c is the exponent field (c = 0 is 2**-127, a
+    # subnormal: mantissa bit 22). torch.exp2 returns 0 for it once torch 2.5's inductor has set the
+    # CPU's flush-to-zero mode for the whole process (pytorch/pytorch#135758); the bits are exact
+    # in every floating-point mode, on every torch and device.
+    bits = torch.where(c == 0, 1 << 22, c << 23)
+    bits = torch.where(c == 255, 0x7FC00000, bits)  # the quiet NaN
+    return bits.view(torch.float32)
 
 
 def pack_e2m1(codes: torch.Tensor) -> torch.Tensor:

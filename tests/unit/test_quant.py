@@ -30,6 +30,21 @@ def test_e8m0_decodes_powers_of_two():
     assert torch.isnan(out[5])
 
 
+def test_e8m0_decode_is_exact_with_denormals_flushed():
+    """torch 2.5's inductor turns the CPU's flush-to-zero mode on for the whole process
+    (pytorch/pytorch#135758): code 0 (2**-127, a float32 subnormal) must still decode to itself."""
+    was = torch.tensor([2.0**-127]).mul(1.0).item() == 0.0
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-to-zero mode (torch.set_flush_denormal needs SSE3)")
+    try:
+        assert torch.tensor([2.0**-127]).mul(1.0).item() == 0.0  # the mode is on
+        out = mxfp4.e8m0_to_float(torch.tensor([0, 1, 127, 255], dtype=torch.uint8))
+    finally:
+        torch.set_flush_denormal(was)
+    assert out[:3].tolist() == [2.0**-127, 2.0**-126, 1.0]
+    assert torch.isnan(out[3])
+
+
 def test_mxfp4_quantize_hand_example():
     # Block max 12 -> floor(log2 12) = 3 -> shared exponent 3 - 2 = 1 -> scale 2 (code 128).
     x = torch.zeros(32)

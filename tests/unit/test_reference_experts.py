@@ -174,7 +174,9 @@ def test_shard_experts_sum_over_ranks_with_static_scales(placement):
         _, emap = mc.make_expert_map(2, rank, 8, placement)
         l1, l2, lqc = shard_experts(q1, q2, qc, emap)
         ids = local_expert_ids(emap)
-        assert l1.shape[0] == 4 and torch.equal(l1, q1[ids]) and torch.equal(lqc.w1_scale, qc.w1_scale[ids])
+        # fp8 compared as its bytes: torch 2.5 has no CPU index or equal kernel for float8.
+        assert l1.shape[0] == 4 and l1.dtype == q1.dtype
+        assert torch.equal(l1.view(torch.uint8), q1.view(torch.uint8)[ids]) and torch.equal(lqc.w1_scale, qc.w1_scale[ids])
         assert lqc.a1_scale is qc.a1_scale and lqc.a2_scale is qc.a2_scale
         total += mc.fused_experts(x, l1, l2, *topk, quant_config=lqc, expert_map=emap).float()
     assert rel_err(total, full) <= 1e-2
