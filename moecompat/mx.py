@@ -93,7 +93,7 @@ def e8m0_to_float(codes: torch.Tensor) -> torch.Tensor:
     c = codes.to(torch.int32)
     # The float32 bit pattern, built directly: code c is the exponent field (c = 0 is 2**-127, a
     # subnormal: mantissa bit 22). torch.exp2 returns 0 for it once torch 2.5's inductor has set the
-    # CPU's flush-to-zero mode for the whole process (pytorch/pytorch#135758); the bits are exact
+    # CPU's flush-to-zero mode for the whole process, as seen here on torch 2.5.1; the bits are exact
     # in every floating-point mode, on every torch and device.
     bits = torch.where(c == 0, 1 << 22, c << 23)
     bits = torch.where(c == 255, 0x7FC00000, bits)  # the quiet NaN

@@ -35,7 +35,7 @@ def _fresh_dynamo():
     yield
     torch._dynamo.reset()
     # torch 2.5's inductor turns the CPU's flush-to-zero mode on for the whole process
-    # (pytorch/pytorch#135758): put the mode back, so the tests after these run as they would alone.
+    # (seen here on torch 2.5.1): put the mode back, so the tests after these run as they would alone.
     if not flushed and _flushes_denormals():
         torch.set_flush_denormal(False)
 

@@ -32,7 +32,7 @@ def test_e8m0_decodes_powers_of_two():
 
 def test_e8m0_decode_is_exact_with_denormals_flushed():
     """torch 2.5's inductor turns the CPU's flush-to-zero mode on for the whole process
-    (pytorch/pytorch#135758): code 0 (2**-127, a float32 subnormal) must still decode to itself."""
+    (seen here on torch 2.5.1): code 0 (2**-127, a float32 subnormal) must still decode to itself."""
     was = torch.tensor([2.0**-127]).mul(1.0).item() == 0.0
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU has no flush-to-zero mode (torch.set_flush_denormal needs SSE3)")
