@@ -245,15 +245,14 @@ def _surface_versions(session: nox.Session, engine: str, versions: list[str]) ->
         if pins:
             _install(session, *pins)
         _install(session, "--no-deps", "-e", ".")
-        _install(session, "packaging", "pytest", "pytest-xdist", "hypothesis")
+        _install(session, "packaging", "pytest", "hypothesis")
         out = RESULTS / "surface"
         out.mkdir(parents=True, exist_ok=True)
         junit = session.create_tmp() + f"/{engine}-{v}.xml"
         ok = True
         try:
-            # A worker per core, at most 4: each worker imports the engine (about 1 GB).
             session.run("pytest", "tests/engines", "--engine", engine, "-q", "-p", "no:cacheprovider",
-                        "-n", "auto", "--maxprocesses", "4", f"--junitxml={junit}", env=group.get("env", {}))
+                        f"--junitxml={junit}", env=group.get("env", {}))
         except nox.command.CommandFailed:
             ok = False
         session.run("python", "tools/record_surface.py", engine, v, junit, str(out / f"{engine}-{v}.json"), env=group.get("env", {}))
