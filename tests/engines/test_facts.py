@@ -62,7 +62,7 @@ def _needs_sgl_kernel(module: str) -> bool:
     for engine in ENGINES.values():
         v = engine.version()
         for f in engine.facts:
-            if f.kind == "behaviour" and f.where == module and "sgl_kernel" in f.what and v is not None and f.holds_for(v):
+            if f.kind == "behaviour" and f.where == module and "sgl_kernel" in f.description and v is not None and f.holds_for(v):
                 return True
     return False
 
