@@ -41,11 +41,13 @@ class ExpertActivationTracker:
         if device is not None:
             try:
                 self.counts = torch.zeros(num_layers, num_experts + 1, dtype=torch.int64, device=device)
+            except torch.cuda.OutOfMemoryError:
+                raise  # a device that exists but is full: torch's own error says so
             except (RuntimeError, AssertionError) as exc:
                 # torch says "not compiled with CUDA" (AssertionError) or "no NVIDIA driver"
                 # (RuntimeError), depending on the build.
                 raise InvalidInputError("device", "a device this machine has (see torch.cuda.is_available())",
-                                        f"{device} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+                                        f"{device} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})") from None
         self._steps = 0
         self._ones_buf: torch.Tensor | None = None
 

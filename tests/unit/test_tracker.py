@@ -108,3 +108,11 @@ def test_out_of_range_ids_are_ignored(dtype):
     assert t.layer_counts(0).tolist() == [0, 0, 0, 0]
     t.record(1, torch.arange(-2, 3000, dtype=dtype).reshape(-1, 2))  # grows the ones buffer
     assert t.layer_counts(1).tolist() == [2, 1, 1, 4]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_a_device_this_machine_lacks_is_an_input_error():
+    """A CPU-only torch raises AssertionError, a CUDA build without a driver RuntimeError; both
+    become one InvalidInputError naming the argument."""
+    with pytest.raises(mc.InvalidInputError, match="device: expected a device this machine has"):
+        mc.ExpertActivationTracker(2, 4, device="cuda")
