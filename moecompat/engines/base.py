@@ -161,6 +161,12 @@ class Engine(Backend):
     def symbol_facts(self, symbol: str) -> list[Fact]:
         return [f for f in self.facts if f.kind == "symbol" and f.symbol == symbol]
 
+    def has_symbol(self, symbol: str) -> bool:
+        """Whether a location fact of ``symbol`` (any ``symbol@place``) holds for the installed
+        release (False when not installed)."""
+        v = self.version()
+        return v is not None and any(f.holds_for(v) for f in self.symbol_facts(symbol))
+
     def _note(self, text: str) -> None:
         stack = getattr(self._notes, "stack", None)
         if stack:
@@ -208,7 +214,7 @@ class Engine(Backend):
         an ``UnsupportedFeatureError`` naming the versions that have it (a release outside the
         tested range is probed anyway, and a miss there is drift)."""
         v = self.version()
-        if self.is_tested() and v is not None and not any(f.holds_for(v) for f in self.symbol_facts(symbol)):
+        if self.is_tested() and v is not None and not self.has_symbol(symbol):
             raise self.unsupported(feature, available_in=self.available_in(symbol))
         return self.find(symbol, accept)
 

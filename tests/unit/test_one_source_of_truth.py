@@ -28,7 +28,7 @@ SPECS = PKG / "engines" / "_specs.py"
 MACHINERY = {PKG / "engines" / "base.py", PKG / "_adapters.py"}
 ENGINE_PATH = re.compile(r"\b(?:vllm|sglang|sgl_kernel)\.[A-Za-z_]")
 VERSION_RANGE = re.compile(r"(?:[<>]=?|[=!~]=)\s*\d+\.\d+(?:\.\d+)*(?:\.?post\d+)?(?![\w.])")
-FACT_METHODS = {"find", "need", "requires", "holds", "range", "fact", "load_fact", "available_in", "symbol_facts"}
+FACT_METHODS = {"find", "need", "requires", "holds", "range", "fact", "load_fact", "available_in", "symbol_facts", "has_symbol"}
 
 
 def _modules() -> list[pathlib.Path]:
