@@ -80,10 +80,15 @@ def release_rows(engine: str, table: dict, cpu_runs: dict[str, dict], gpu_runs: 
             cpu = "not run yet"
         if version in gpu_runs:
             gpu = gpu_runs[version]
-        elif pin != "-" and _torch_minor(pin) != gpu_torch:
-            gpu = f"not run: pins torch {_torch_minor(pin)}, the GPU machine has {gpu_torch}"
         elif _same_minor(gpu_runs, version, parts):
             gpu = f"not run: same minor as {_same_minor(gpu_runs, version, parts)[-1]} which ran"
+        elif pin != "-" and _torch_minor(pin) != gpu_torch:
+            carried = sorted((v for v in gpu_runs if _torch_minor(table["releases"].get(v, "-")) == _torch_minor(pin)), key=Version)
+            if carried:  # its torch was carried onto the GPU machine for another release: device time is the limit
+                gpu = (f"not run: pins torch {_torch_minor(pin)}, the GPU machine has {gpu_torch}; carrying torch "
+                       f"{_torch_minor(pin)} there works ({carried[-1]} ran, docs/gpu.md), one release per session's device time")
+            else:
+                gpu = f"not run: pins torch {_torch_minor(pin)}, the GPU machine has {gpu_torch}"
         elif (why := _reason(table.get("gpu", []), version)) is not None:
             gpu = f"not run: {why}"
         else:
@@ -103,7 +108,7 @@ def main(results: str, out: str, releases: str | None = None) -> int:
         key = (g["engine"], g["version"])
         cases = g.get("cases", [])
         passed = sum(1 for c in cases if c.get("ok"))
-        gpu_by[key] = f"{passed}/{len(cases)} cases ({g.get('gpu', '?')})"
+        gpu_by[key] = f"{passed}/{len(cases)} cases ({g.get('gpu', '?')}, torch {g.get('torch', '?')})"
     lines = [
         "# Compatibility",
         "",

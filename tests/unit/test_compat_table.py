@@ -53,6 +53,19 @@ def test_statuses_and_reasons():
     assert rows["0.5.20"][1] == "not run: pins torch 2.13, the GPU machine has 2.11"
 
 
+def test_a_release_whose_torch_was_carried_onto_the_gpu_machine_says_so():
+    table = {"minor_parts": 2, "gpu_torch": "2.11",
+             "releases": {"0.26.0": "2.11.0", "0.27.0": "2.13.0", "0.27.1": "2.13.0", "0.28.0": "2.13.0",
+                          "0.33.0": "2.14.0"}}
+    rows = {v: gpu for v, _, _, gpu in compat_table.release_rows(
+        "vllm", table, {}, {"0.26.0": "135/135 cases (H200)", "0.27.1": "135/135 cases (H200)"})}
+    assert rows["0.27.1"] == "135/135 cases (H200)"
+    assert rows["0.28.0"] == ("not run: pins torch 2.13, the GPU machine has 2.11; carrying torch 2.13 there works "
+                              "(0.27.1 ran, docs/gpu.md), one release per session's device time")
+    assert rows["0.33.0"] == "not run: pins torch 2.14, the GPU machine has 2.11"  # 2.14 was never carried
+    assert rows["0.27.0"] == "not run: same minor as 0.27.1 which ran"
+
+
 def test_the_page_lists_every_release(tmp_path):
     out = tmp_path / "compat.md"
     assert compat_table.main(str(ROOT / "docs/results"), str(out), str(ROOT / "tests/engines/releases.toml")) == 0

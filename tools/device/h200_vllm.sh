@@ -8,6 +8,12 @@
 #   bash tools/device/h200_vllm.sh stage 1      ... stage N-1
 #   bash tools/device/h200_vllm.sh stage N suite          # unpack, install, GPU suite
 #   bash tools/device/h200_vllm.sh bench                  # roofline, bench, tune, overhead
+# A release that pins another torch than the device's: its torch, triton and the CUDA libraries the
+# device lacks go first, as their own parts (.gpu/partsT/00N) into TORCH_SITE, then the release:
+#   PARTS=.gpu/partsT STAGE=/tmp/stT bash tools/device/h200_vllm.sh stage 1 ... N
+#   STAGE=/tmp/stT TORCH_SITE=/tmp/torch-site bash tools/device/h200_vllm.sh torch
+#       (unpack, link the device's other CUDA libraries beside it, check torch, triton and inductor)
+#   TORCH_SITE=/tmp/torch-site bash tools/device/h200_vllm.sh stage 1 ... / stage N suite
 # Every result lands in $OUT (or ./out when OUT is unset) with the GPU's name inside it.
 set -u
 FINAL=${OUT:-$PWD/out}
@@ -15,16 +21,17 @@ FINAL=${OUT:-$PWD/out}
 RES=/tmp/moecompat-results
 OUT=$RES
 mkdir -p "$FINAL"
-STAGE=/tmp/moecompat-stage
+STAGE=${STAGE:-/tmp/moecompat-stage}
+PARTS=${PARTS:-.gpu/parts}
 SITE=/tmp/moecompat-site
 mkdir -p "$OUT" "$STAGE"
 
 env_up() {
-    export PYTHONPATH="$SITE/site:$SITE/deps:$PWD" PYTHONUNBUFFERED=1
+    export PYTHONPATH="${TORCH_SITE:+$TORCH_SITE:}$SITE/site:$SITE/deps:$PWD" PYTHONUNBUFFERED=1
 }
 
 stage() {
-    cp .gpu/parts/"$(printf %03d "$1")"/* "$STAGE"/ && ls -la "$STAGE"
+    cp "$PARTS"/"$(printf %03d "$1")"/* "$STAGE"/ && ls -la "$STAGE"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 }
 
@@ -77,13 +84,42 @@ overhead() {
     timeout 60 python3 benchmarks/overhead.py --device cpu --calls 100000 --no-compile --json "$OUT/overhead-cpu-on-gpu-host.json" 2>&1 | tail -4
 }
 
+torch_site() {
+    # The device's own CUDA libraries (nvidia/*) serve the carried torch except where it needs a newer one
+    # (carried beside it): link each missing nvidia/<lib> folder from the image's site-packages.
+    local sys_site
+    sys_site=$(python3 -c "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))")
+    python3 "$STAGE"/unpack.py "$STAGE" "$TORCH_SITE" || exit 1
+    for d in "$sys_site"/nvidia/*/; do
+        [ -e "$TORCH_SITE/nvidia/$(basename "$d")" ] || ln -s "$d" "$TORCH_SITE/nvidia/$(basename "$d")"
+    done
+    PYTHONPATH=$TORCH_SITE python3 - <<'PY' 2>&1 | tee "$OUT/torch-site.log"
+import torch, triton, triton.language as tl
+print("torch", torch.__version__, torch.__file__, "cuda", torch.version.cuda, "triton", triton.__version__)
+print("nccl", torch.cuda.nccl.version(), "cudnn", torch.backends.cudnn.version())
+print("gpu", torch.cuda.get_device_name(0), torch.cuda.is_available())
+a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+print("matmul max abs diff vs float32:", ((a @ a).float() - a.float() @ a.float()).abs().max().item())
+@triton.jit
+def add(x, y, n, BLOCK: tl.constexpr):
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y + o, tl.load(x + o, mask=o < n) + 1, mask=o < n)
+x = torch.arange(1000, device="cuda", dtype=torch.float32); y = torch.empty_like(x)
+add[(4,)](x, y, 1000, BLOCK=256)
+print("triton kernel ok:", bool((y == x + 1).all()))
+f = torch.compile(lambda t: torch.nn.functional.silu(t) * 2, fullgraph=True)
+print("inductor ok:", torch.allclose(f(x), torch.nn.functional.silu(x) * 2))
+PY
+}
+
 pack() { (cd "$RES" && tar cf "$FINAL/results.tar" .) && ls -la "$RES"; }
 
 case "$1" in
     stage) stage "$2"; if [ "${3:-}" = suite ]; then install && suite; overhead; fi ;;
     suite) suite; overhead ;;
     bench) bench ;;
-    *) echo "usage: $0 stage N [suite] | suite | bench"; exit 2 ;;
+    torch) torch_site ;;
+    *) echo "usage: $0 stage N [suite] | suite | bench | torch"; exit 2 ;;
 esac
 rc=$?
 pack
