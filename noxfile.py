@@ -251,7 +251,7 @@ def _surface_versions(session: nox.Session, engine: str, versions: list[str]) ->
         junit = session.create_tmp() + f"/{engine}-{v}.xml"
         ok = True
         try:
-            session.run("pytest", "tests/engines", "--engine", engine, "-q", "-p", "no:cacheprovider",
+            session.run("pytest", "tests/engines", "--engine", engine, "-q", "-p", "no:cacheprovider", "--durations=15",
                         f"--junitxml={junit}", env=group.get("env", {}))
         except nox.command.CommandFailed:
             ok = False

@@ -49,6 +49,9 @@ EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel at module level 
 OUTPLACE_NEEDS_TP_GROUP = "out-of-place Triton fused_experts allocates its output with get_tp_group()"
 GLOBAL_SERVER_ARGS_RETIRED = ("get_global_server_args() raises 'retired' (values live in SGLang's runtime context); "
                               "the Triton path no longer needs process-wide ServerArgs")
+SERVER_ARGS_RESOLVED_ON_PUBLISH = ("set_global_server_args_for_scheduler resolves the arguments it publishes "
+                                   "(runtime_context.publish -> ServerArgs.resolve_once), which needs a model path "
+                                   "or the 'dummy' model")
 SIGMOID_NEEDS_BIAS = "sigmoid scoring only with a correction bias (biased_grouped_topk)"
 WNA16_WEIGHTS_ROUNDED = "int4 w4a16 kernels round the dequantized weights ((q - zp) * s) to the compute dtype"
 NUMERICS_KNOWN = ("Triton fused_experts numerics: block fp8 x*fl(448/amax) (no UE8M0), per-tensor and per-token "
@@ -160,7 +163,10 @@ FACTS: tuple[Fact, ...] = (
     Fact("ServerArgs", ">=0.4.7", f"{SERVER_ARGS}:ServerArgs"),
     Fact("get_global_server_args", ">=0.5.3.post2", f"{SERVER_ARGS}:get_global_server_args"),
     Fact("set_global_server_args_for_scheduler", ">=0.5.3.post2", f"{SERVER_ARGS}:set_global_server_args_for_scheduler"),
-    Fact(GLOBAL_SERVER_ARGS_RETIRED, ">=0.5.23", SERVER_ARGS, kind="behaviour"),
+    # 0.5.19 resolves what it publishes (a model path is needed); 0.5.20 retired the accessor.
+    # Remove both, and _ensure_server_args, when the oldest SGLang supported is 0.5.20.
+    Fact(SERVER_ARGS_RESOLVED_ON_PUBLISH, ">=0.5.19", SERVER_ARGS, kind="behaviour"),
+    Fact(GLOBAL_SERVER_ARGS_RETIRED, ">=0.5.20", SERVER_ARGS, kind="behaviour"),
     # numerics of the Triton fused_experts (the engine-faithful reference follows them), from the
     # released sources; pinned on the GPU by tests/gpu against the faithful reference.
     Fact(NUMERICS_KNOWN, ">=0.5.11", kind="behaviour"),
@@ -210,8 +216,10 @@ def _ensure_server_args() -> None:
     """SGLang's kernels read process-wide ``ServerArgs``; outside a server none are set and the
     kernels raise. Install the defaults (without ``__post_init__``, which would resolve a model
     path) only when nothing is set, so a running server's own arguments are never replaced.
-    Releases without the global accessor (before 0.5.4, and 0.5.23, which retired it) are left
-    alone, and their kernels report what they miss themselves."""
+    Where SGLang resolves what is published (0.5.19), the defaults name its 'dummy' model, whose
+    resolution stops before any model path is read. Releases without the global accessor (before
+    0.5.3.post2, and from 0.5.20, which retired it) are left alone, and their kernels report what
+    they miss themselves."""
     if ENGINE.holds(GLOBAL_SERVER_ARGS_RETIRED) or not (
         ENGINE.holds("get_global_server_args") and ENGINE.holds("set_global_server_args_for_scheduler")
     ):
@@ -235,6 +243,8 @@ def _ensure_server_args() -> None:
             setattr(args, f.name, f.default_factory())
         else:
             setattr(args, f.name, None)
+    if ENGINE.holds(SERVER_ARGS_RESOLVED_ON_PUBLISH):
+        args.model_path = "dummy"
     setter(args)
 
 

@@ -6,10 +6,64 @@ installed, so a broken install can't pass as "no tests ran".
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
+
 import pytest
 from packaging.version import Version
 
 from moecompat.engines import ENGINES
+
+# Tests that need a fresh interpreter import the engine again there (20-60 s on a CI core). Their
+# interpreters start as soon as collection ends and run beside the in-process tests; the test
+# then only waits for the result.
+EarlySpec = Callable[[], "tuple[list[str], dict[str, str] | None] | None"]
+_EARLY: dict[str, subprocess.Popen] = {}
+DOCTOR_JSON = [sys.executable, "-m", "moecompat", "doctor", "--json"]
+
+
+def early_subprocess(spec: EarlySpec) -> Callable:
+    """Mark a test whose fresh interpreter starts right after collection: ``spec()`` gives its
+    argv and environment (or None: nothing to start, e.g. the test will skip). The test reads the
+    finished process with [`early_result`][]."""
+    def mark(fn):
+        fn._early_subprocess = spec
+        return fn
+    return mark
+
+
+def _start(name: str, spec: EarlySpec) -> None:
+    if name not in _EARLY and (argv_env := spec()) is not None:
+        argv, env = argv_env
+        _EARLY[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def pytest_collection_finish(session):
+    if session.config.getoption("--engine") is None:
+        return
+    for item in session.items:
+        spec = getattr(getattr(item, "function", None), "_early_subprocess", None)
+        if spec is not None:
+            _start(item.originalname, spec)
+
+
+def pytest_unconfigure(config):
+    for proc in _EARLY.values():
+        proc.kill()
+
+
+def early_result(request, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Wait for the marked test's interpreter (started now if collection did not start it)."""
+    name = request.node.originalname
+    _start(name, request.function._early_subprocess)
+    proc = _EARLY.pop(name)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="session")
@@ -87,13 +141,12 @@ def assert_routing_matches_reference(backend: str, case: dict, renormalize: bool
                                rtol=1e-5, atol=1e-6)
 
 
-def assert_doctor_json_parses() -> dict:
-    """``moecompat doctor --json`` in a fresh interpreter: its stdout is exactly one JSON document
+def assert_doctor_json_parses(request) -> dict:
+    """``moecompat doctor --json`` in a fresh interpreter (the calling test is marked
+    ``@early_subprocess(lambda: (DOCTOR_JSON, None))``): its stdout is exactly one JSON document
     (whatever the engine prints while it imports), parsed with ``json.loads``."""
     import json
-    import subprocess
-    import sys
 
-    out = subprocess.run([sys.executable, "-m", "moecompat", "doctor", "--json"], capture_output=True, text=True,
-                         timeout=600, check=True).stdout
-    return json.loads(out)
+    proc = early_result(request)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)

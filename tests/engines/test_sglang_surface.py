@@ -15,8 +15,10 @@ from moecompat._backends import ENTRY_POINTS
 from moecompat._calls import ExpertsCall
 from moecompat.engines.sglang import NUMERICS_KNOWN
 from tests.engines.conftest import (
+    DOCTOR_JSON,
     assert_doctor_json_parses,
     assert_routing_matches_reference,
+    early_subprocess,
     version_in,
 )
 
@@ -221,6 +223,24 @@ def test_global_server_args_fact_matches_the_release(sglang_engine):
             pass
 
 
+def test_server_args_resolution_fact_matches_the_release(sglang_engine):
+    """Fact SERVER_ARGS_RESOLVED_ON_PUBLISH, read from the release's own source: where it holds,
+    the scheduler setter publishes through a ``publish`` that resolves the arguments."""
+    import importlib
+    import inspect
+
+    from moecompat.engines.sglang import SERVER_ARGS_RESOLVED_ON_PUBLISH
+
+    if not sglang_engine.holds("set_global_server_args_for_scheduler"):
+        pytest.skip("this release has no set_global_server_args_for_scheduler (fact of that name)")
+    _, setter = sglang_engine.find("set_global_server_args_for_scheduler")
+    resolves = False
+    if "publish(" in inspect.getsource(setter):
+        publish = importlib.import_module(setter.__module__.rsplit(".", 1)[0] + ".runtime_context").publish
+        resolves = "resolve_once" in inspect.getsource(publish)
+    assert resolves == sglang_engine.holds(SERVER_ARGS_RESOLVED_ON_PUBLISH)
+
+
 def test_seed_0_4_7_calls_have_equivalents(sglang_engine):
     """The seed's SGLang 0.4.7 usage — select_experts(use_grouped_topk, renormalize, correction_bias)
     returning 2-D weights/ids — through moecompat on whatever SGLang is installed."""
@@ -246,8 +266,9 @@ def test_ep_layer_factory_answers_the_seeds_epmoe(sglang_engine):
         assert cls.__name__ != "EPMoE"
 
 
-def test_doctor_json_is_one_json_document(sglang_engine):
-    rep = assert_doctor_json_parses()
+@early_subprocess(lambda: (DOCTOR_JSON, None))
+def test_doctor_json_is_one_json_document(request, sglang_engine):
+    rep = assert_doctor_json_parses(request)
     assert rep["engines"]["sglang"] == str(sglang_engine.version())
     assert rep["drift"] == {}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import re
+import sys
 
 import pytest
 import torch
@@ -22,8 +23,11 @@ from moecompat.engines.vllm import (
     TRTLLM_MXFP4_PADS_256,
 )
 from tests.engines.conftest import (
+    DOCTOR_JSON,
     assert_doctor_json_parses,
     assert_routing_matches_reference,
+    early_result,
+    early_subprocess,
     version_in,
 )
 
@@ -243,9 +247,10 @@ def test_doctor_reports_vllm(vllm_engine):
     assert rep["drift"] == {}
 
 
-def test_doctor_json_is_one_json_document(vllm_engine):
+@early_subprocess(lambda: (DOCTOR_JSON, None))
+def test_doctor_json_is_one_json_document(request, vllm_engine):
     """vLLM logs to stdout while it imports; ``doctor --json`` keeps stdout to one JSON document."""
-    rep = assert_doctor_json_parses()
+    rep = assert_doctor_json_parses(request)
     assert rep["engines"]["vllm"] == str(vllm_engine.version())
 
 
@@ -367,7 +372,18 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_select_mxfp4_backend_runs_the_oracle_on_the_cpu_platform(vllm_engine):
+def _oracle_on_cpu():
+    import os
+
+    from moecompat.engines import ENGINES
+
+    if ENGINES["vllm"].version() is None or not ENGINES["vllm"].holds("select_mxfp4_moe_backend"):
+        return None
+    return [sys.executable, "-c", _ORACLE_ON_CPU], {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
+
+
+@early_subprocess(_oracle_on_cpu)
+def test_select_mxfp4_backend_runs_the_oracle_on_the_cpu_platform(request, vllm_engine):
     """With ``VLLM_TARGET_DEVICE=cpu`` (where the release honours it) vLLM runs on its CPU
     platform, so the real oracle is called, inside the gpt-oss deployment config moecompat builds
     (and with a caller's own ``moe_config``). Where vLLM's CPU MXFP4 kernel supports this host
@@ -375,15 +391,11 @@ def test_select_mxfp4_backend_runs_the_oracle_on_the_cpu_platform(vllm_engine):
     oracle refuses (NotImplementedError, or from 0.28 a ValueError naming the CPU backend) and the
     answer is NONE, with the oracle's reasons in the ``moecompat`` log."""
     import json
-    import os
-    import subprocess
-    import sys
 
     if not vllm_engine.holds("select_mxfp4_moe_backend"):
         pytest.skip(f"no oracle (fact select_mxfp4_moe_backend: vllm{vllm_engine.range('select_mxfp4_moe_backend')}); "
                     "get_mxfp4_backend is covered above")
-    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", _ORACLE_ON_CPU], env=env, capture_output=True, text=True, timeout=600)
+    proc = early_result(request)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT ", 1)[1])
     if not out["is_cpu"]:
