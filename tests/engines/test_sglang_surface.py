@@ -225,7 +225,8 @@ def test_global_server_args_fact_matches_the_release(sglang_engine):
 
 def test_server_args_resolution_fact_matches_the_release(sglang_engine):
     """Fact SERVER_ARGS_RESOLVED_ON_PUBLISH, read from the release's own source: where it holds,
-    the scheduler setter publishes through a ``publish`` that resolves the arguments."""
+    the scheduler setter publishes through a runtime context that resolves the arguments
+    (``publish`` itself in 0.5.19-0.5.21, a helper it calls from 0.5.22)."""
     import importlib
     import inspect
 
@@ -236,8 +237,8 @@ def test_server_args_resolution_fact_matches_the_release(sglang_engine):
     _, setter = sglang_engine.find("set_global_server_args_for_scheduler")
     resolves = False
     if "publish(" in inspect.getsource(setter):
-        publish = importlib.import_module(setter.__module__.rsplit(".", 1)[0] + ".runtime_context").publish
-        resolves = "resolve_once" in inspect.getsource(publish)
+        runtime_context = importlib.import_module(setter.__module__.rsplit(".", 1)[0] + ".runtime_context")
+        resolves = "resolve_once()" in inspect.getsource(runtime_context)
     assert resolves == sglang_engine.holds(SERVER_ARGS_RESOLVED_ON_PUBLISH)
 
 
