@@ -377,7 +377,7 @@ def _oracle_on_cpu():
 
     from moecompat.engines import ENGINES
 
-    if ENGINES["vllm"].version() is None or not ENGINES["vllm"].holds("select_mxfp4_moe_backend"):
+    if not ENGINES["vllm"].holds("select_mxfp4_moe_backend"):  # also False without vLLM
         return None
     return [sys.executable, "-c", _ORACLE_ON_CPU], {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
 

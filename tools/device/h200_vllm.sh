@@ -93,23 +93,8 @@ torch_site() {
     for d in "$sys_site"/nvidia/*/; do
         [ -e "$TORCH_SITE/nvidia/$(basename "$d")" ] || ln -s "$d" "$TORCH_SITE/nvidia/$(basename "$d")"
     done
-    PYTHONPATH=$TORCH_SITE python3 - <<'PY' 2>&1 | tee "$OUT/torch-site.log"
-import torch, triton, triton.language as tl
-print("torch", torch.__version__, torch.__file__, "cuda", torch.version.cuda, "triton", triton.__version__)
-print("nccl", torch.cuda.nccl.version(), "cudnn", torch.backends.cudnn.version())
-print("gpu", torch.cuda.get_device_name(0), torch.cuda.is_available())
-a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
-print("matmul max abs diff vs float32:", ((a @ a).float() - a.float() @ a.float()).abs().max().item())
-@triton.jit
-def add(x, y, n, BLOCK: tl.constexpr):
-    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(y + o, tl.load(x + o, mask=o < n) + 1, mask=o < n)
-x = torch.arange(1000, device="cuda", dtype=torch.float32); y = torch.empty_like(x)
-add[(4,)](x, y, 1000, BLOCK=256)
-print("triton kernel ok:", bool((y == x + 1).all()))
-f = torch.compile(lambda t: torch.nn.functional.silu(t) * 2, fullgraph=True)
-print("inductor ok:", torch.allclose(f(x), torch.nn.functional.silu(x) * 2))
-PY
+    set -o pipefail
+    PYTHONPATH=$TORCH_SITE python3 tools/device/check_torch_site.py 2>&1 | tee "$OUT/torch-site.log"
 }
 
 pack() { (cd "$RES" && tar cf "$FINAL/results.tar" .) && ls -la "$RES"; }
