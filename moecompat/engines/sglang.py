@@ -29,7 +29,7 @@ import torch
 from .._adapters import Fact, Resolution
 from .._calls import ExpertsCall, RoutingCall
 from ..quant import ActivationQuantRules, QuantConfig
-from ..reference.numerics import Numerics
+from ..reference.numerics import Numerics, TritonCall, sm90_fp8_accumulation
 from ..vocab import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT, Activation, QuantScheme, ScoringFunc, TopK
 from ._specs import ENGINE_SPECS
 from ._triton import KernelCall, KernelRunner, restoring_override
@@ -171,6 +171,10 @@ FACTS: tuple[Fact, ...] = (
     # released sources; pinned on the GPU by tests/gpu against the faithful reference.
     Fact(NUMERICS_KNOWN, ">=0.5.11", kind="behaviour"),
     Fact(WNA16_WEIGHTS_ROUNDED, ">=0.5.11", kind="behaviour"),
+    # The Triton config of a fused_experts call (its BLOCK_SIZE_M decides wgmma accumulation).
+    Fact("try_get_optimal_moe_config", ">=0.5.11", f"{MOE}.moe_runner.triton_utils:try_get_optimal_moe_config"),
+    *_params("try_get_optimal_moe_config", f"{MOE}.moe_runner.triton_utils:try_get_optimal_moe_config", ">=0.5.11",
+             "block_shape", "per_channel_quant"),
 
 )
 
@@ -540,10 +544,23 @@ def _build_numerics(engine: Engine) -> Resolution:
     rules = ActivationQuantRules(tensor_amax_floor=0.0, tensor_reciprocal=True, token_amax_floor=0.0,
                                  token_reciprocal=True, static_reciprocal=True, block_by_inverse_amax=True,
                                  int8_token_by_inverse_amax=True, int8_round_half_away=True)
-    numerics = Numerics(f"sglang {engine.version_str()}", rules, round_intermediates=True,
+    f_opt, optimal = engine.find("try_get_optimal_moe_config")
+    po = engine.params(f_opt, optimal)
+
+    def block_m(call: TritonCall) -> int:
+        # As fused_experts_impl asks it: (w1.shape, (E,) + w2.shape[1:], top_k, dtype, M).
+        config = optimal(call.w1_shape, call.w2_shape, call.top_k, call.dtype, call.num_tokens,
+                         **{po["block_shape"]: None, po["per_channel_quant"]: call.per_channel})
+        return int(config["BLOCK_SIZE_M"])
+
+    def impl() -> Numerics:
+        # Asked at call time: the GPU decides the fp8 accumulation.
+        return Numerics(f"sglang {engine.version_str()}", rules, round_intermediates=True,
                         compute_dtype_for_fp32=torch.float16,
-                        round_dequantized_group_weights=engine.holds(WNA16_WEIGHTS_ROUNDED))
-    return engine.ok("numerics", lambda: numerics, "sglang Triton fused_experts", "facts")
+                        round_dequantized_group_weights=engine.holds(WNA16_WEIGHTS_ROUNDED),
+                        fp8_tensor_core_accumulation=sm90_fp8_accumulation(), fp8_block_m=block_m)
+
+    return engine.ok("numerics", impl, "sglang Triton fused_experts", "facts")
 
 
 __all__ = ["ENGINE", "EP_LAYER_NEEDS_SGL_KERNEL", "FACTS", "OUTPLACE_NEEDS_TP_GROUP"]

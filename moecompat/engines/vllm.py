@@ -23,7 +23,7 @@ from .._adapters import Fact, Resolution
 from .._calls import ExpertsCall, RoutingCall
 from ..errors import EngineImportError
 from ..quant import ActivationQuantRules, QuantConfig
-from ..reference.numerics import Numerics, Wna16Call
+from ..reference.numerics import Numerics, TritonCall, Wna16Call, sm90_fp8_accumulation
 from ..vocab import Activation, Mxfp4Backend, QuantScheme, ScoringFunc, TopK, parse_mxfp4_backend
 from ._specs import ENGINE_SPECS
 from ._triton import KernelCall, KernelRunner, restoring_override
@@ -181,6 +181,11 @@ FACTS: tuple[Fact, ...] = (
     Fact("get_mxfp4_backend", ">=0.10.2,<0.19", f"{QMX}:get_mxfp4_backend"),
     *_params("get_mxfp4_backend", f"{QMX}:get_mxfp4_backend", ">=0.11.1,<0.19", "with_lora_support"),
     Fact("select_mxfp4_moe_backend", ">=0.19", f"{ORACLE}:select_mxfp4_moe_backend"),
+    # 0.20 split the oracle: gpt-oss's Mxfp4MoEMethod asks select_gpt_oss_mxfp4_moe_backend
+    # (TRITON first on SM 9.0), select_mxfp4_moe_backend became the other MXFP4 models' (MARLIN
+    # first there); 0.21 merged them again. Remove with 0.20 support.
+    Fact("select_gpt_oss_mxfp4_moe_backend", ">=0.20,<0.21", f"{ORACLE}:select_gpt_oss_mxfp4_moe_backend",
+         what="the gpt-oss MXFP4 oracle of 0.20 (quantization/mxfp4.py's Mxfp4MoEMethod calls it)"),
     *_params("select_mxfp4_moe_backend", f"{ORACLE}:select_mxfp4_moe_backend", ">=0.21", "activation_key"),
     Fact("mxfp4_convert@generic", ">=0.19,<0.20", f"{ORACLE}:convert_to_mxfp4_moe_kernel_format",
          what="MXFP4 oracle: convert_to_mxfp4_moe_kernel_format (gpt-oss layout)"),
@@ -815,7 +820,9 @@ def _build_select_mxfp4(engine: Engine) -> Resolution:
             return mxfp4_from_engine(legacy(**{lora: with_lora_support}) if lora else legacy())
 
         return engine.ok("select_mxfp4_backend", impl_legacy, legacy, "get_mxfp4_backend")
-    fact, oracle = engine.find("select_mxfp4_moe_backend")
+    # The oracle vLLM's gpt-oss layer asks (moecompat's MXFP4 layers are gpt-oss layers).
+    fact, oracle = engine.find("select_gpt_oss_mxfp4_moe_backend" if engine.holds("select_gpt_oss_mxfp4_moe_backend")
+                               else "select_mxfp4_moe_backend")
     takes_key = engine.params(fact, oracle).get("activation_key") is not None
     build_config = engine.resolve("moe_layer_config")
     if build_config.status != "ok":
@@ -947,6 +954,14 @@ def _build_numerics(engine: Engine) -> Resolution:
     e8m0 = engine.load_fact("is_deep_gemm_e8m0_used") if engine.holds(BLOCK_UE8M0) else None
     sequential = (3, 4) if engine.holds(SEQUENTIAL_TOPK_SUM) else ()
     wna16 = _wna16_cuda_block_k(engine) if engine.holds(WNA16_CUDA_KERNEL) else None
+    f_opt, optimal = engine.find("try_get_optimal_moe_config")
+    block_shape_kw = engine.params(f_opt, optimal).get("block_shape")
+
+    def block_m(call: TritonCall) -> int:
+        # As fused_experts_impl asks it: (w1.size(), w2.size(), top_k, config dtype, M).
+        config = optimal(call.w1_shape, call.w2_shape, call.top_k, call.dtype, call.num_tokens,
+                         **({block_shape_kw: None} if block_shape_kw else {}))
+        return int(config["BLOCK_SIZE_M"])
 
     def impl() -> Numerics:
         # Asked at call time: DeepGEMM's availability, the GPU and VLLM_USE_DEEP_GEMM* decide it.
@@ -957,7 +972,8 @@ def _build_numerics(engine: Engine) -> Resolution:
         return Numerics(f"vllm {engine.version_str()}{' (UE8M0 block scales)' if ue8m0 else ''}", rules,
                         round_intermediates=True, double_rounded_activation=True, sequential_topk_sum=sequential,
                         round_dequantized_group_weights=engine.holds(WNA16_WEIGHTS_ROUNDED),
-                        wna16_cuda_block_k=wna16)
+                        wna16_cuda_block_k=wna16, fp8_tensor_core_accumulation=sm90_fp8_accumulation(),
+                        fp8_block_m=block_m)
 
     return engine.ok("numerics", impl, "vllm Triton fused_experts", "ue8m0 oracle" if e8m0 else "facts")
 

@@ -24,7 +24,7 @@ from ..quant import (
     quantize_activation,
 )
 from ..vocab import SWIGLUOAI_ALPHA, SWIGLUOAI_LIMIT, Activation
-from .numerics import IDEAL, Numerics, Wna16Call
+from .numerics import IDEAL, Numerics, TritonCall, Wna16Call
 
 _GROUPED_MM = getattr(torch, "_grouped_mm", None)
 _grouped_mm_ok: dict[tuple[str, torch.dtype], bool] = {}
@@ -225,17 +225,19 @@ def _faithful_fp32(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tens
     if numerics.wna16_cuda_block_k is not None and hidden_states.is_cuda and c1.scheme is QuantScheme.INT4_W4A16 \
             and c1 is c2 and c1.group_size is not None:
         wna16_k = numerics.wna16_cuda_block_k(Wna16Call(tuple(w1.shape), tuple(w2.shape), k, t, c1.group_size))
+    fp8_acc = _fp8_accumulation(numerics, hidden_states.is_cuda, t, w1, w2, k, c1, c2)
     # The kernel reads the activations in its compute dtype.
     x = hidden_states.to(rd)[order // k]
     inter = _faithful_gemm(x, w1, c1, 1, counts, numerics, rd, row_weights if apply_router_weight_on_input else None,
-                           wna16_k[0] if wna16_k else None)
+                           wna16_k[0] if wna16_k else None, fp8_acc)
     inter = torch.where(sorted_valid[:, None], inter, 0)
     if numerics.round_intermediates:
         inter = inter.to(rd)
     act = apply_activation(inter, activation, rd if numerics.round_intermediates else torch.float32,
                            numerics.double_rounded_activation)
     rows = _faithful_gemm(act, w2, c2, 2, counts, numerics, rd,
-                          None if apply_router_weight_on_input else row_weights, wna16_k[1] if wna16_k else None)
+                          None if apply_router_weight_on_input else row_weights, wna16_k[1] if wna16_k else None,
+                          fp8_acc)
     rows = torch.where(sorted_valid[:, None], rows, 0.0)
     if numerics.round_intermediates:
         rows = rows.to(rd)
@@ -257,17 +259,32 @@ def _faithful_fp32(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tens
     return out
 
 
+def _fp8_accumulation(numerics: Numerics, on_cuda: bool, num_tokens: int, w1: torch.Tensor, w2: torch.Tensor, k: int,
+                      c1: QuantConfig, c2: QuantConfig) -> tuple[int, int] | None:
+    """The tensor-core accumulation of this call's fp8 dots, where the engine's kernel does it:
+    CUDA, fp8 without per-tile scales, and a config tile the GPU runs on wgmma."""
+    acc = numerics.fp8_tensor_core_accumulation
+    if acc is None or not on_cuda or not any(
+            c.scheme is QuantScheme.FP8_W8A8 and c.block_shape is None for c in (c1, c2)):
+        return None
+    if numerics.fp8_block_m is not None:
+        call = TritonCall(tuple(w1.shape), tuple(w2.shape), k, num_tokens, "fp8_w8a8",
+                          bool(c1.per_act_token_quant or c1.per_out_ch_quant))
+        if numerics.fp8_block_m(call) < 64:
+            return None
+    return acc
+
+
 def _faithful_gemm(x: torch.Tensor, w: torch.Tensor, cfg: QuantConfig, which: int, counts: torch.Tensor,
                    numerics: Numerics, rd: torch.dtype, row_weights: torch.Tensor | None,
-                   wna16_block_k: int | None) -> torch.Tensor:
+                   wna16_block_k: int | None, fp8_accumulation: tuple[int, int] | None = None) -> torch.Tensor:
     """One grouped GEMM under ``numerics``: ``x [N, K]`` rows sorted by expert, ``w`` the layer's
     (quantized) weights ``[E, Nout, K']``; ``row_weights [N]`` multiply the float32 accumulator of
     each row (the router weight, where this GEMM applies it). Returns float32 ``[N, Nout]`` (or
     the compute dtype where the kernel accumulates into it)."""
     rules = numerics.activation_quant
-    if cfg.scheme is QuantScheme.FP8_W8A8 and cfg.block_shape is None and x.is_cuda \
-            and numerics.fp8_tensor_core_accumulation is not None:
-        out = _tensor_core_fp8_gemm(x, w, cfg, which, counts, rules, *numerics.fp8_tensor_core_accumulation)
+    if cfg.scheme is QuantScheme.FP8_W8A8 and cfg.block_shape is None and x.is_cuda and fp8_accumulation is not None:
+        out = _tensor_core_fp8_gemm(x, w, cfg, which, counts, rules, *fp8_accumulation)
     else:
         wf = dequantize_weights(w, cfg, which, torch.float32)
         if numerics.round_dequantized_group_weights and cfg.scheme is QuantScheme.INT4_W4A16:
@@ -285,16 +302,28 @@ def _faithful_gemm(x: torch.Tensor, w: torch.Tensor, cfg: QuantConfig, which: in
 _EMULATION_CHUNK = 1 << 27
 
 
-def _truncate_mantissa(v: torch.Tensor, bits: int) -> torch.Tensor:
-    """float32 ``v`` truncated toward zero to ``bits`` explicit mantissa bits."""
-    return (v.view(torch.int32) & ~((1 << (23 - bits)) - 1)).view(torch.float32)
+def wgmma_fp8_accumulate(xc: torch.Tensor, wc: torch.Tensor, group: int, bits: int) -> torch.Tensor:
+    """``xc [R, K] @ wc [N, K].T`` as sm_90 wgmma accumulates fp8 products: for each ``group``
+    consecutive products (exact: e4m3 codes as float32), the running float32 accumulator and the
+    products are aligned to the largest exponent among them, truncated toward zero to ``bits``
+    bits below it and added (exactly: at most ``bits + 7`` significant bits, ``bits <= 17``).
+    ``K`` must be a multiple of ``group``. Returns float32 ``[R, N]``."""
+    r, kk = xc.shape
+    acc = torch.zeros(r, wc.shape[0], device=xc.device, dtype=torch.float32)
+    for j in range(0, kk, group):
+        terms = torch.cat([acc[..., None], xc[:, None, j:j + group] * wc[None, :, j:j + group]], -1)
+        emax = torch.frexp(terms).exponent.amax(-1, keepdim=True).clamp_min(-100)  # all zero: any grid
+        ulp = torch.ldexp(torch.ones_like(acc[..., None]), emax - 1 - bits)
+        acc = (torch.trunc(terms / ulp) * ulp).sum(-1)
+    return acc
 
 
 def _tensor_core_fp8_gemm(x: torch.Tensor, w: torch.Tensor, cfg: QuantConfig, which: int, counts: torch.Tensor,
-                          rules: Any, chunk: int, bits: int) -> torch.Tensor:
-    """fp8 GEMM as sm_90 tensor cores accumulate it: the fp8 codes' products summed ``chunk`` at
-    a time, the running sum truncated to ``bits`` mantissa bits after each chunk, the scales
-    applied to the float32 result (``acc * a_scale * w_scale``), as the Triton kernel does."""
+                          rules: Any, group: int, bits: int) -> torch.Tensor:
+    """fp8 GEMM as the Triton kernel runs it on sm_90 wgmma tiles: the activation quantized, the
+    fp8 codes' products accumulated by
+    [`wgmma_fp8_accumulate`][moecompat.reference.experts.wgmma_fp8_accumulate], the scales applied
+    to the float32 result (``acc * a_scale * w_scale``)."""
     scale = cfg.a1_scale if which == 1 else cfg.a2_scale
     q, a_scale = quantize_activation(x, cfg.scheme, scale=scale, per_act_token_quant=cfg.per_act_token_quant,  # type: ignore[arg-type]
                                      rules=rules)
@@ -304,23 +333,17 @@ def _tensor_core_fp8_gemm(x: torch.Tensor, w: torch.Tensor, cfg: QuantConfig, wh
     assert w_scale is not None
     e, n_out, kk = w.shape
     w_s = w_scale.float().reshape(e, -1)  # [E, 1] per tensor, [E, Nout] per channel
-    pad = (-kk) % chunk
+    pad = (-kk) % group
     wc = torch.nn.functional.pad(w.float(), (0, pad))
     xc = torch.nn.functional.pad(xc, (0, pad))
-    c = (kk + pad) // chunk
     out = torch.zeros(xc.shape[0], n_out, device=x.device, dtype=torch.float32)
     start = 0
     for expert, count in enumerate(counts.tolist()):
         if not count:
             continue
-        xe = xc[start:start + count].view(count, c, chunk).transpose(0, 1)  # [C, r, chunk]
-        step = max(1, _EMULATION_CHUNK // max(1, c * count))
+        step = max(1, _EMULATION_CHUNK // max(1, count * (group + 1)))
         for n0 in range(0, n_out, step):
-            we = wc[expert, n0:n0 + step].view(-1, c, chunk).permute(1, 2, 0)  # [C, chunk, n]
-            parts = torch.bmm(xe, we)  # [C, r, n]: each chunk's products, float32
-            acc = torch.zeros_like(parts[0])
-            for j in range(c):
-                acc = _truncate_mantissa(acc + parts[j], bits)
+            acc = wgmma_fp8_accumulate(xc[start:start + count], wc[expert, n0:n0 + step], group, bits)
             out[start:start + count, n0:n0 + step] = acc * a_s[start:start + count] if a_s.shape[0] > 1 else acc * a_s
         out[start:start + count] *= w_s[expert]
         start += count

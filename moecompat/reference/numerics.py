@@ -13,7 +13,7 @@ read from its facts) reproduce its fused-MoE kernels' conventions:
 | gated activation rounded twice, ``bf16(bf16(silu(g)) * u)`` (vLLM) | ``double_rounded_activation`` |
 | top-k sum rounded after every add for these top-k values (vLLM <= 0.24: 3 and 4) | ``sequential_topk_sum`` |
 | group-quantized (int4/int8 w*a16) weights dequantized in float32, then rounded to the compute dtype before the dot | ``round_dequantized_group_weights`` |
-| experimental, set by no engine: fp8 dots without per-tile scales accumulated in reduced precision (``(chunk_k, mantissa_bits)``, CUDA tensors only) | ``fp8_tensor_core_accumulation`` |
+| fp8 dots without per-tile scales, accumulated as sm_90 wgmma does (``(group, fraction_bits)``, CUDA tensors only), for the calls whose Triton tile is ``BLOCK_SIZE_M >= 64`` | ``fp8_tensor_core_accumulation``, ``fp8_block_m`` |
 | vLLM's CUDA ``moe_wna16_gemm`` for small int4 batches: bf16 products summed 4 at a time in bf16, K blocks added into the bf16 output | ``wna16_cuda_block_k`` |
 
 The engine facts that choose these live in ``moecompat/engines/<engine>.py`` (the ``numerics``
@@ -29,15 +29,17 @@ import torch
 
 from ..quant import IDEAL_ACTIVATION_QUANT, ActivationQuantRules
 
-__all__ = ["IDEAL", "SM90_FP8_ACCUMULATION", "Numerics", "Wna16Call", "sm90_fp8_accumulation"]
+__all__ = ["IDEAL", "SM90_FP8_ACCUMULATION", "Numerics", "TritonCall", "Wna16Call", "sm90_fp8_accumulation"]
 
-#: An *experimental* emulation, used by no engine's numerics: Triton lowers an fp8 ``tl.dot``
-#: on sm_90 to wgmma with ``max_num_imprecise_acc = 2**30`` (its default on capability 9.0), so
-#: the whole K loop accumulates inside the tensor cores, reported to keep about 14 bits
-#: (DeepSeek-V3 report, section 3.3.2). Truncating the running sum to ``mantissa_bits`` every
-#: ``chunk_k`` products does **not** reproduce vLLM 0.26's kernels on the H200: its error is
-#: independent of theirs (tools/device/numerics_sweep.py; figures in docs/gpu.md). Kept so the
-#: next model of that arithmetic can be swept the same way.
+#: How sm_90 tensor cores accumulate an fp8 ``tl.dot`` chain (``acc = tl.dot(a, b, acc=acc)``, the
+#: vLLM and SGLang kernels' fp8 per-tensor and per-channel GEMMs): for each 32 products of e4m3
+#: codes, the running float32 accumulator and the 32 exact products are aligned to the largest
+#: exponent among them and truncated toward zero to 13 bits below it, then added exactly.
+#: ``tools/device/fp8_acc_probe.py`` measured it on the H200 (torch 2.11, Triton 3.6, K = 2048 and
+#: 3584): 83-85% of the outputs bit-equal to the wgmma kernel's and a relative difference of
+#: 2.5e-5, against 1.2e-3 for float32 sums; no other group size or width came within 5x. Triton
+#: issues wgmma only for tiles of ``BLOCK_SIZE_M >= 64``; smaller tiles (mma.sync) matched float32
+#: sums of the same products (``aligned(32, 25)``: 93-96% bit-equal), so they keep the plain model.
 SM90_FP8_ACCUMULATION: tuple[int, int] = (32, 13)
 
 
@@ -47,6 +49,19 @@ def sm90_fp8_accumulation() -> tuple[int, int] | None:
     if not torch.cuda.is_available():
         return None
     return SM90_FP8_ACCUMULATION if torch.cuda.get_device_capability()[0] == 9 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonCall:
+    """What decides the Triton config an engine picks for one ``fused_experts`` call: the weight
+    shapes of both GEMMs, ``top_k``, the number of tokens, and the config's dtype key."""
+
+    w1_shape: tuple[int, ...]
+    w2_shape: tuple[int, ...]
+    top_k: int
+    num_tokens: int
+    dtype: str
+    per_channel: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +88,9 @@ class Numerics:
     sequential_topk_sum: tuple[int, ...] = ()
     round_dequantized_group_weights: bool = False
     fp8_tensor_core_accumulation: tuple[int, int] | None = None
+    #: ``(call) -> BLOCK_SIZE_M`` of the engine's Triton config for this call (both GEMMs share
+    #: it); ``fp8_tensor_core_accumulation`` applies where it is at least 64. ``None``: always.
+    fp8_block_m: Callable[[TritonCall], int] | None = None
     #: ``(call) -> (block_k of GEMM 1, block_k of GEMM 2)`` where the engine takes its CUDA
     #: wna16 kernel for this call, else ``None``; asked at call time (it depends on the GPU).
     wna16_cuda_block_k: Callable[[Wna16Call], tuple[int, int] | None] | None = None

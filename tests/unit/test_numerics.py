@@ -178,14 +178,31 @@ def test_numerics_argument_resolution():
 # --- kernel emulations of the faithful reference (each against an independent float64 model) ---
 
 
-def test_truncate_mantissa_rounds_toward_zero():
-    from moecompat.reference.experts import _truncate_mantissa
+def test_wgmma_fp8_accumulation_follows_its_definition():
+    """The vectorised emulation equals the model written out one output at a time in float64:
+    per 32 products, the accumulator and the products truncated toward zero to 13 bits below the
+    largest exponent among them, then added."""
+    import math
 
-    v = torch.tensor([1.0 + 2**-13 + 2**-20, -(1.0 + 2**-13 + 2**-20), 3.0, 0.0, 1.0 + 2**-23])
-    out = _truncate_mantissa(v.clone(), 13)
-    assert out.tolist() == [1.0 + 2**-13, -(1.0 + 2**-13), 3.0, 0.0, 1.0]
-    assert torch.equal(_truncate_mantissa(v.clone(), 23), v)
+    from moecompat.reference.experts import wgmma_fp8_accumulate
 
+    g = torch.Generator().manual_seed(5)
+    xc = (torch.randn(3, 128, generator=g) * 40).to(torch.float8_e4m3fn).float()
+    wc = (torch.randn(4, 128, generator=g) * 40).to(torch.float8_e4m3fn).float()
+    xc[0, :32] = 0  # a group of zero products
+    got = wgmma_fp8_accumulate(xc, wc, 32, 13)
+    for r in range(3):
+        for n in range(4):
+            acc = 0.0
+            for j in range(0, 128, 32):
+                terms = [acc] + [float(xc[r, i]) * float(wc[n, i]) for i in range(j, j + 32)]
+                emax = max((math.frexp(t)[1] for t in terms if t != 0), default=-100)
+                ulp = 2.0 ** (emax - 1 - 13)
+                acc = sum(math.trunc(t / ulp) * ulp for t in terms)
+            assert got[r, n].item() == acc
+    exact = xc.double() @ wc.double().T
+    assert not torch.equal(got.double(), exact)  # 13 bits lose something here
+    assert torch.allclose(got.double(), exact, rtol=1e-3, atol=1e-3)
 
 def _fp8_problem(e=3, n=48, k=96, t=10, per_channel=False, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -201,8 +218,8 @@ def _fp8_problem(e=3, n=48, k=96, t=10, per_channel=False, seed=0):
 
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_tensor_core_fp8_gemm_against_a_float64_model(per_channel):
-    """Codes' products summed 32 at a time, the running sum truncated to 13 bits, then the scales:
-    written out independently with float64 chunk sums."""
+    """Per 32 codes' products, the accumulator and the products truncated to 13 bits below the
+    largest exponent among them and added, then the scales: written out independently in float64."""
     from moecompat.reference.experts import _tensor_core_fp8_gemm
 
     x, w, qc, counts, ids = _fp8_problem(per_channel=per_channel)
@@ -213,14 +230,15 @@ def test_tensor_core_fp8_gemm_against_a_float64_model(per_channel):
     want = torch.empty(x.shape[0], w.shape[1], dtype=torch.float64)
     for r in range(x.shape[0]):
         e = int(ids[r])
-        acc = torch.zeros(w.shape[1], dtype=torch.float32)
+        acc = torch.zeros(w.shape[1], dtype=torch.float64)
         for k0 in range(0, x.shape[1], 32):
-            part = (wc[e, :, k0:k0 + 32] * xc[r, k0:k0 + 32]).sum(-1).float()
-            bits = (acc + part).view(torch.int32) & ~((1 << 10) - 1)
-            acc = bits.view(torch.float32)
+            terms = torch.cat([acc[:, None], wc[e, :, k0:k0 + 32] * xc[r, k0:k0 + 32]], -1)
+            emax = torch.frexp(terms).exponent.amax(-1, keepdim=True)
+            ulp = torch.pow(2.0, (emax - 14).double())
+            acc = (torch.trunc(terms / ulp) * ulp).sum(-1)
         ws = qc.w1_scale.double().reshape(w.shape[0], -1)[e]
         want[r] = acc.double() * a_s[r if a_s.shape[0] > 1 else 0] * ws
-    assert torch.allclose(got.double(), want, rtol=2e-6, atol=0), (got.double() - want).abs().max()
+    assert torch.allclose(got.double(), want, rtol=1e-6, atol=0), (got.double() - want).abs().max()
     # Truncation biases toward zero: on average the emulated sums are smaller in magnitude.
     exact = torch.stack([(xc[r] * wc[int(ids[r])]).sum(-1) for r in range(x.shape[0])]) * a_s * \
         torch.stack([qc.w1_scale.double().reshape(w.shape[0], -1)[int(i)] for i in ids])
@@ -268,9 +286,39 @@ def test_faithful_rules_only_on_cuda_tensors():
     x, w, qc, counts, _ = _fp8_problem()
     base = Numerics("plain", VLLM_RULES, round_intermediates=True)
     tc = dataclasses.replace(base, fp8_tensor_core_accumulation=(32, 13))
+    assert experts._fp8_accumulation(tc, False, 4, w, w, 1, qc, qc) is None
     a = experts._faithful_gemm(x, w, qc, 1, counts, base, torch.float32, None, None)
-    b = experts._faithful_gemm(x, w, qc, 1, counts, tc, torch.float32, None, None)
+    b = experts._faithful_gemm(x, w, qc, 1, counts, tc, torch.float32, None, None, (32, 13))
     assert torch.equal(a, b)
+
+
+def test_wgmma_accumulation_only_for_wgmma_tiles():
+    """The engine's config decides: BLOCK_SIZE_M >= 64 runs on wgmma (13-bit accumulation),
+    smaller tiles on mma.sync (float32 sums); fp8 with per-tile scales and other schemes never."""
+    import dataclasses
+
+    from moecompat.reference import experts
+    from moecompat.reference.numerics import TritonCall
+
+    _, w, qc, _, _ = _fp8_problem()
+    asked: list[TritonCall] = []
+
+    def block_m(call: TritonCall) -> int:
+        asked.append(call)
+        return 16 if call.num_tokens <= 32 else 64
+
+    tc = dataclasses.replace(Numerics("n", VLLM_RULES), fp8_tensor_core_accumulation=(32, 13), fp8_block_m=block_m)
+    assert experts._fp8_accumulation(tc, True, 7, w, w, 2, qc, qc) is None
+    assert experts._fp8_accumulation(tc, True, 257, w, w, 2, qc, qc) == (32, 13)
+    assert asked[-1] == TritonCall(tuple(w.shape), tuple(w.shape), 2, 257, "fp8_w8a8", False)
+    always = dataclasses.replace(tc, fp8_block_m=None)
+    assert experts._fp8_accumulation(always, True, 7, w, w, 2, qc, qc) == (32, 13)
+    block = mc.make_quant_config("fp8_w8a8", w1_scale=torch.ones(2, 1, 1), w2_scale=torch.ones(2, 1, 1),
+                                 block_shape=[128, 128])
+    assert experts._fp8_accumulation(always, True, 257, w, w, 2, block, block) is None
+    from moecompat.quant import UNQUANTIZED
+
+    assert experts._fp8_accumulation(always, True, 257, w, w, 2, UNQUANTIZED, UNQUANTIZED) is None
 
 
 def test_int4_weights_rounded_to_the_compute_dtype():
