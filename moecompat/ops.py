@@ -103,13 +103,41 @@ def _traceable_quant_config(quant_config: Any) -> QuantConfig:
     return qc
 
 
+def _infer_schema(fn: Callable[..., Any]) -> str:
+    infer = getattr(torch.library, "infer_schema", None)
+    if infer is None:  # torch 2.5 has it only privately
+        from torch._library.infer_schema import infer_schema as infer
+    return infer(fn, mutates_args=())
+
+
+class _Op:
+    """Registers ``fn`` as ``torch.ops.moecompat.<name>`` through the low-level
+    ``torch.library.Library`` API: one CompositeExplicitAutograd kernel (every device) and a fake
+    implementation. ``torch.library.custom_op`` would do the same with an autograd wrapper around
+    every call, several microseconds a call inside a compiled graph (benchmarks/overhead.py)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, fn: Callable[..., Any]) -> _Op:
+        _LIB.define(self.name + _infer_schema(fn))
+        _LIB.impl(self.name, fn, "CompositeExplicitAutograd")
+        return self
+
+    def register_fake(self, fake: Callable[..., Any]) -> Callable[..., Any]:
+        torch.library.register_fake(f"moecompat::{self.name}", fake, lib=_LIB)
+        return fake
+
+
 if AVAILABLE:
+    _LIB = torch.library.Library("moecompat", "DEF")
+
     # The ops' signatures spell optional and list arguments ``Optional[X]`` and ``List[int]``:
     # torch 2.5's schema inference (torch.library.infer_schema) knows only those typing forms, an
     # ``X | None`` or ``list[int]`` annotation fails there at import; newer torch infers the same
     # schemas from either spelling (ruff's UP006/UP035/UP045 are off for this file, pyproject.toml).
 
-    @torch.library.custom_op("moecompat::fused_experts", mutates_args=())
+    @_Op("fused_experts")
     def _fused_experts_op(
         hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
         topk_ids: torch.Tensor, w1_scale: Optional[torch.Tensor], w2_scale: Optional[torch.Tensor],
@@ -129,7 +157,7 @@ if AVAILABLE:
     def _(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *rest: Any) -> torch.Tensor:
         return hidden_states.new_empty((hidden_states.shape[0], w2.shape[1]))
 
-    @torch.library.custom_op("moecompat::select_experts", mutates_args=())
+    @_Op("select_experts")
     def _select_experts_op(
         hidden_states: torch.Tensor, router_logits: torch.Tensor, top_k: int, renormalize: bool, scoring_func: str,
         use_grouped_topk: bool, num_expert_group: Optional[int], topk_group: Optional[int],
@@ -147,7 +175,7 @@ if AVAILABLE:
         return (router_logits.new_empty((t, top_k), dtype=torch.float32),
                 router_logits.new_empty((t, top_k), dtype=torch.int32))
 
-    @torch.library.custom_op("moecompat::fused_moe", mutates_args=())
+    @_Op("fused_moe")
     def _fused_moe_op(
         hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, router_logits: torch.Tensor, top_k: int,
         renormalize: bool, scoring_func: str, use_grouped_topk: bool, num_expert_group: Optional[int],
@@ -172,7 +200,7 @@ if AVAILABLE:
     def _(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *rest: Any) -> torch.Tensor:
         return hidden_states.new_empty((hidden_states.shape[0], w2.shape[1]))
 
-    @torch.library.custom_op("moecompat::moe_align_block_size", mutates_args=())
+    @_Op("moe_align_block_size")
     def _moe_align_op(topk_ids: torch.Tensor, block_size: int, num_experts: int, expert_map: Optional[torch.Tensor],
                       pad_sorted_ids: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = api.moe_align_block_size(topk_ids, block_size, num_experts, expert_map, pad_sorted_ids=pad_sorted_ids,
