@@ -104,10 +104,12 @@ def _traceable_quant_config(quant_config: Any) -> QuantConfig:
 
 
 def _infer_schema(fn: Callable[..., Any]) -> str:
-    infer = getattr(torch.library, "infer_schema", None)
-    if infer is None:  # torch 2.5 has it only privately
-        from torch._library.infer_schema import infer_schema as infer
-    return infer(fn, mutates_args=())
+    public: Callable[..., str] | None = getattr(torch.library, "infer_schema", None)
+    if public is not None:
+        return public(fn, mutates_args=())
+    from torch._library.infer_schema import infer_schema  # torch 2.5 has it only privately
+
+    return infer_schema(fn, mutates_args=())
 
 
 class _Op:
