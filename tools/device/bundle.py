@@ -9,7 +9,8 @@ releases of one engine share most of their bytes. Here::
 Each ``REL_DIR`` (``.gpu/rel/<engine>-<version>/``) holds ``site/`` (what goes first on
 ``PYTHONPATH``: the unzipped engine wheel, stripped), ``wheels/`` (the dependencies the device
 lacks, installed there with ``pip --no-deps --target``), a one-line ``engine`` file (``vllm`` or
-``sglang``) and optionally ``env`` (``KEY=VALUE`` lines for the suite).
+``sglang``) and optionally ``env`` (``KEY=VALUE`` lines for the suite; ``{rel}`` is the release's
+folder there, ``$VAR`` the device's value).
 
 Every file is stored once by content (sha256). A file whose path and size match a file of an
 earlier release but whose bytes differ (vLLM's ``_vllm_fa3_C`` differs in 75 kB of 153 MB from

@@ -99,17 +99,15 @@ def _materialise(rel: dict, manifest: dict) -> pathlib.Path:
     return dest
 
 
-def _launch(rel: dict, dest: pathlib.Path) -> int:
-    name, engine = rel["name"], rel["engine"]
-    res = RESULTS / name
-    res.mkdir(parents=True, exist_ok=True)
+def _env(name: str, dest: pathlib.Path) -> dict[str, str]:
+    """The environment of a release's processes: its site first on PYTHONPATH, its own caches."""
     env = dict(os.environ)
     extra = dest / "env"
     if extra.exists():
         for line in extra.read_text().splitlines():
             if "=" in line and not line.lstrip().startswith("#"):
                 k, v = line.split("=", 1)
-                env[k.strip()] = v.strip()
+                env[k.strip()] = os.path.expandvars(v.strip().replace("{rel}", str(dest)))
     env.update(
         PYTHONPATH=f"{dest / 'site'}:{dest / 'deps'}:{SRC}",
         PYTHONUNBUFFERED="1",
@@ -118,6 +116,14 @@ def _launch(rel: dict, dest: pathlib.Path) -> int:
         XDG_CACHE_HOME=str(ROOT / "cache" / name),
         TORCHINDUCTOR_CACHE_DIR=str(ROOT / "cache" / name / "inductor"),
     )
+    return env
+
+
+def _launch(rel: dict, dest: pathlib.Path) -> int:
+    name, engine = rel["name"], rel["engine"]
+    res = RESULTS / name
+    res.mkdir(parents=True, exist_ok=True)
+    env = _env(name, dest)
     script = (
         f"cd {SRC}; {sys.executable} -m moecompat doctor --json > {res}/doctor.json 2> {res}/doctor.log; "
         f"timeout 1500 {sys.executable} -m pytest tests/gpu --engine {engine} -p no:cacheprovider -q -rfE "
@@ -174,8 +180,10 @@ def _collect(out: pathlib.Path, state: dict) -> None:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("verb", choices=["step", "wait"])
-    ap.add_argument("part", nargs="?")
+    ap.add_argument("verb", choices=["step", "wait", "spawn"])
+    ap.add_argument("part", nargs="?", help="step: the part folder; spawn: the release")
+    ap.add_argument("command", nargs="*", help="spawn: the command, run in the release's environment from the "
+                    "sources' copy, in the background; {res} is the release's results folder")
     ap.add_argument("--wait", type=float, default=0.0, help="seconds to wait for running suites before returning")
     ap.add_argument("--jobs", type=int, default=4)
     args = ap.parse_args(argv)
@@ -195,6 +203,15 @@ def main(argv: list[str]) -> int:
             else:
                 shutil.copyfile(f, BLOBS / f.name)
         print(f"part {part.name}: {sum(f.stat().st_size for f in part.iterdir()) / 2**20:.1f} MiB in {time.time() - t0:.1f}s")
+    if args.verb == "spawn":
+        name = args.part
+        res = RESULTS / name
+        res.mkdir(parents=True, exist_ok=True)
+        cmd = " ".join(c.replace("{res}", str(res)) for c in args.command)
+        tag = len(list(res.glob("spawn-*.log")))
+        subprocess.Popen(["bash", "-c", f"cd {SRC}; {cmd} > {res}/spawn-{tag}.log 2>&1"], env=_env(name, RELS / name),
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(f"spawned in {name}: {cmd}")
     _advance(state, args.jobs)
     while time.time() - t0 < args.wait and _running(state):
         time.sleep(5)
