@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Lay out one engine release for the GPU machine, as ``tools/device/bundle.py`` takes it.
+
+    python3 tools/device/prep_release.py vllm 0.24.0 .gpu/rel/vllm-0.24.0
+    python3 tools/device/prep_release.py sglang 0.5.17 .gpu/rel/sglang-0.5.17
+
+Writes ``DEST/site`` (the engine wheel unzipped, minus what its MoE, quantization and model-config
+paths never load on an SM 9.0 GPU), ``DEST/wheels`` (cp312 wheels of the import chain's packages
+that the device image lacks or has at another version), ``DEST/engine`` and, where needed,
+``DEST/env``. The device (see docs/gpu.md): Python 3.12, torch 2.11.0+cu130, triton 3.6.0,
+transformers 5.17.0, tokenizers 0.23.2, huggingface_hub 1.33.0, no network. The lists below are
+the ones the 2026-12-02 H200 runs used (docs/results/gpu); a release outside them may need more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 26, 27, 28, 31, 34, 35)] + ["manylinux2014_x86_64"]
+
+VLLM_DROP = [
+    "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so",  # the pre-Hopper attention fallback (FA3 on SM 9.0)
+    "vllm/vllm-rs",
+    "vllm/third_party/fmha_sm100/*",
+    *(f"vllm/third_party/deep_gemm/_C.cpython-3{m}-*" for m in ("10", "11", "13", "14")),
+]
+VLLM_DEPS = [
+    "pyzmq==27.3.0", "pydantic==2.14.4", "pydantic_core==2.50.5", "annotated-types==0.8.0", "typing-inspection==0.4.5",
+    "cbor2==6.3.0", "openai-harmony==0.0.8", "openai==3.57.0", "httpx2==2.16.2", "httpcore2==2.16.2",
+    "truststore==0.10.5", "jiter==0.19.0", "distro==1.9.0", "msgspec==0.22.0", "cachetools==8.0.2", "pybase64==1.5.1",
+    "blake3==1.0.11", "partial-json-parser==0.2.1.1.post7", "typing_extensions==4.16.0", "anyio==4.16.0", "h11==0.16.0",
+    "idna==3.20", "sniffio==1.3.1", "packaging==26.3", "gguf==0.19.0", "fastapi==0.136.3", "starlette==1.10.0",
+    "llguidance==1.7.6", "xgrammar==0.2.8", "apache-tvm-ffi==0.1.15.post2",
+]
+
+SGLANG_DROP = ["sglang/multimodal_gen/*", "sglang/test/*", "tools/*", "sglang/srt/*_core.cpython-*.so"]
+SGL_KERNEL_KEEP = ["sgl_kernel/*.py", "sgl_kernel/**/*.py", "sgl_kernel/sm90/common_ops*", "sglang_kernel-*.dist-info/*"]
+SGLANG_DEPS = [
+    "annotated-types==0.8.0", "compressed-tensors==0.20.0", "dill==0.4.1", "distro==1.9.0", "gguf==0.19.0",
+    "ipython==9.18.1", "jiter==0.19.0", "loguru==0.7.3", "msgspec==0.23.0", "openai==2.6.1", "orjson==3.13.0",
+    "partial-json-parser==0.2.1.1.post7", "pybase64==1.5.1", "pydantic==2.14.4", "pydantic_core==2.50.5",
+    "pyzmq==27.3.0", "sniffio==1.3.1", "starlette==1.10.0", "tokenizers==0.22.2", "traitlets==5.16.1",
+    "typing_extensions==4.16.0", "typing-inspection==0.4.5",
+]
+# transformers as the CPU matrix verified each release (tests/engines/envs.toml [sglang.pins]).
+SGLANG_TRANSFORMERS = {"0.5.11": "5.6.0", "0.5.12": "5.6.0", "0.5.13.post1": "5.8.1", "0.5.14": "5.8.1"}
+
+
+def _download(reqs: list[str], dest: pathlib.Path) -> None:
+    argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+            "--implementation", "cp", *(a for p in PLATFORMS for a in ("--platform", p)), "-d", str(dest), *reqs]
+    subprocess.run(argv, check=True)
+
+
+def _unzip(wheel: pathlib.Path, site: pathlib.Path, keep=lambda name: True) -> int:
+    kept = 0
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            if info.is_dir() or not keep(info.filename):
+                continue
+            z.extract(info, site)
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                (site / info.filename).chmod(mode)
+            kept += info.file_size
+    return kept
+
+
+def _requires(wheel: pathlib.Path, name: str) -> str | None:
+    """The version ``wheel`` pins ``name`` to (``Requires-Dist: name==X``), if it does."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        for line in z.read(meta).decode().splitlines():
+            pattern = "[-_.]".join(map(re.escape, re.split(r"[-_.]", name)))  # PEP 503: - _ . are one
+            m = re.match(rf"Requires-Dist: {pattern}(\[[^]]*\])?\s*==\s*([^\s;,]+)\s*$", line, re.IGNORECASE)
+            if m:
+                return m.group(2)
+    return None
+
+
+def _libnuma(dest: pathlib.Path, tmp: pathlib.Path) -> None:
+    """Debian's libnuma.so.1 beside the release: sglang-kernel 0.4.2-0.4.3's common_ops links it, and
+    the device image may lack it (a fallback, on LD_LIBRARY_PATH before the device's own)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(["apt-get", "download", "libnuma1"], cwd=tmp, check=True, capture_output=True)
+        deb = next(tmp.glob("libnuma1_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "numa")], check=True)
+        lib = next((tmp / "numa").rglob("libnuma.so.1*"))
+        shutil.copy(lib.resolve(), dest / "libnuma.so.1")
+    except (OSError, subprocess.CalledProcessError, StopIteration) as exc:
+        print(f"warning: no libnuma.so.1 carried ({exc!r}); the device's own must do")
+
+
+def prep(engine: str, version: str, dest: pathlib.Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    site, wheels = dest / "site", dest / "wheels"
+    site.mkdir(parents=True)
+    wheels.mkdir()
+    (dest / "engine").write_text(engine + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        dl = pathlib.Path(tmp)
+        _download([f"{engine}=={version}"], dl)
+        wheel = next(dl.glob(f"{engine}-*.whl"))
+        if engine == "vllm":
+            kept = _unzip(wheel, site, lambda n: not any(fnmatch.fnmatch(n, p) for p in VLLM_DROP))
+            _download(VLLM_DEPS, wheels)
+        else:
+            kept = _unzip(wheel, site, lambda n: not any(fnmatch.fnmatch(n, p) for p in SGLANG_DROP))
+            kernel = _requires(wheel, "sglang-kernel")
+            if kernel is None:
+                raise SystemExit(f"sglang {version} pins no sglang-kernel")
+            _download([f"sglang-kernel=={kernel}"], dl)
+            kw = next(dl.glob("sglang_kernel-*.whl"))
+            kept += _unzip(kw, site, lambda n: any(fnmatch.fnmatch(n, p) for p in SGL_KERNEL_KEEP))
+            extra = [f"transformers=={SGLANG_TRANSFORMERS.get(version, '5.12.1')}"]
+            tvm = "0.1.9" if version in SGLANG_TRANSFORMERS else "0.1.11"
+            extra.append(f"apache-tvm-ffi=={tvm}")
+            for name in ("xgrammar", "flashinfer-python"):
+                # 0.5.16+ import xgrammar unguarded, 0.5.17 flashinfer; the older ones guard it.
+                pin = _requires(wheel, name)
+                if pin and not (name == "xgrammar" and version in (*SGLANG_TRANSFORMERS, "0.5.15.post1")) \
+                        and not (name == "flashinfer-python" and version != "0.5.17"):
+                    extra.append(f"{name}=={pin}")
+            _download(SGLANG_DEPS + extra, wheels)
+            if version in ("0.5.11", "0.5.12", "0.5.13.post1"):
+                _libnuma(site / "_syslib", dl)
+                (dest / "env").write_text("LD_LIBRARY_PATH={rel}/site/_syslib:$LD_LIBRARY_PATH\n")
+    print(f"{dest}: site {kept / 2**20:.0f} MiB, {len(list(wheels.glob('*.whl')))} wheels")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("engine", choices=["vllm", "sglang"])
+    ap.add_argument("version")
+    ap.add_argument("dest", type=pathlib.Path)
+    args = ap.parse_args()
+    prep(args.engine, args.version, args.dest)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
