@@ -25,6 +25,7 @@ import lzma
 import os
 import pathlib
 import shutil
+import site
 import subprocess
 import sys
 import tarfile
@@ -92,6 +93,17 @@ def _materialise(rel: dict, manifest: dict) -> pathlib.Path:
         except OSError:
             shutil.copyfile(OBJECTS / sha, target)
         os.chmod(target, mode | 0o444)
+    torch_site = dest / "torch-site"
+    if torch_site.is_dir():
+        # The carried torch finds its CUDA libraries beside it (rpath $ORIGIN/../../nvidia/...): the
+        # device's serve where it carries none of its own.
+        device_nvidia = next((pathlib.Path(p) / "nvidia" for p in site.getsitepackages()
+                              if (pathlib.Path(p) / "nvidia").is_dir()), None)
+        if device_nvidia is not None:
+            (torch_site / "nvidia").mkdir(exist_ok=True)
+            for lib in device_nvidia.iterdir():
+                if not (torch_site / "nvidia" / lib.name).exists():
+                    (torch_site / "nvidia" / lib.name).symlink_to(lib)
     wheels = sorted((dest / "wheels").glob("*.whl"))
     if wheels:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
@@ -109,7 +121,7 @@ def _env(name: str, dest: pathlib.Path) -> dict[str, str]:
                 k, v = line.split("=", 1)
                 env[k.strip()] = os.path.expandvars(v.strip().replace("{rel}", str(dest)))
     env.update(
-        PYTHONPATH=f"{dest / 'site'}:{dest / 'deps'}:{SRC}",
+        PYTHONPATH=":".join(str(p) for p in (dest / "torch-site", dest / "site", dest / "deps", SRC) if p.exists()),
         PYTHONUNBUFFERED="1",
         TRITON_CACHE_DIR=str(ROOT / "triton"),  # shared: identical kernels compile once
         VLLM_CACHE_ROOT=str(ROOT / "cache" / name),

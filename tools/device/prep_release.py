@@ -3,6 +3,7 @@
 
     python3 tools/device/prep_release.py vllm 0.24.0 .gpu/rel/vllm-0.24.0
     python3 tools/device/prep_release.py sglang 0.5.17 .gpu/rel/sglang-0.5.17
+    python3 tools/device/prep_release.py vllm 0.28.0 .gpu/rel/vllm-0.28.0 --torch 2.13.0
 
 Writes ``DEST/site`` (the engine wheel unzipped, minus what its MoE, quantization and model-config
 paths never load on an SM 9.0 GPU), ``DEST/wheels`` (cp312 wheels of the import chain's packages
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import zipfile
 
-PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 26, 27, 28, 31, 34, 35)] + ["manylinux2014_x86_64"]
+PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 18, 24, 26, 27, 28, 31, 34, 35)] + ["manylinux2014_x86_64"]
 
 VLLM_DROP = [
     "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so",  # the pre-Hopper attention fallback (FA3 on SM 9.0)
@@ -52,6 +53,16 @@ SGLANG_DEPS = [
 ]
 # transformers as the CPU matrix verified each release (tests/engines/envs.toml [sglang.pins]).
 SGLANG_TRANSFORMERS = {"0.5.11": "5.6.0", "0.5.12": "5.6.0", "0.5.13.post1": "5.8.1", "0.5.14": "5.8.1"}
+
+
+# A release pinning another torch than the device's carries it in DEST/torch-site (first on
+# PYTHONPATH there), with what that torch needs newer than the device has (docs/gpu.md, "Past the
+# device's torch": NCCL for its missing symbols, torchvision for its operators). The device's other
+# CUDA libraries serve it: matrix.py links them into torch-site/nvidia.
+TORCH_STACKS = {
+    "2.13.0": ["torch==2.13.0", "triton==3.7.1", "nvidia-nccl-cu13==2.29.7", "torchvision==0.28.0"],
+}
+TORCH_DROP = ["triton/backends/nvidia/bin/ptxas-blackwell", "triton/backends/nvidia/lib/cupti/*.a"]
 
 
 def _download(reqs: list[str], dest: pathlib.Path) -> None:
@@ -100,7 +111,16 @@ def _libnuma(dest: pathlib.Path, tmp: pathlib.Path) -> None:
         print(f"warning: no libnuma.so.1 carried ({exc!r}); the device's own must do")
 
 
-def prep(engine: str, version: str, dest: pathlib.Path) -> None:
+def _torch_site(torch_version: str, dest: pathlib.Path, tmp: pathlib.Path) -> int:
+    if torch_version not in TORCH_STACKS:
+        raise SystemExit(f"no carried stack known for torch {torch_version}: add it to TORCH_STACKS")
+    dl = tmp / "torch"
+    dl.mkdir()
+    _download(TORCH_STACKS[torch_version], dl)
+    return sum(_unzip(w, dest, lambda n: not any(fnmatch.fnmatch(n, p) for p in TORCH_DROP)) for w in dl.glob("*.whl"))
+
+
+def prep(engine: str, version: str, dest: pathlib.Path, torch_version: str | None = None) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     site, wheels = dest / "site", dest / "wheels"
@@ -135,7 +155,9 @@ def prep(engine: str, version: str, dest: pathlib.Path) -> None:
             if version in ("0.5.11", "0.5.12", "0.5.13.post1"):
                 _libnuma(site / "_syslib", dl)
                 (dest / "env").write_text("LD_LIBRARY_PATH={rel}/site/_syslib:$LD_LIBRARY_PATH\n")
-    print(f"{dest}: site {kept / 2**20:.0f} MiB, {len(list(wheels.glob('*.whl')))} wheels")
+        if torch_version:
+            kept += _torch_site(torch_version, dest / "torch-site", dl)
+    print(f"{dest}: {kept / 2**20:.0f} MiB unzipped, {len(list(wheels.glob('*.whl')))} wheels")
 
 
 def main() -> int:
@@ -143,8 +165,9 @@ def main() -> int:
     ap.add_argument("engine", choices=["vllm", "sglang"])
     ap.add_argument("version")
     ap.add_argument("dest", type=pathlib.Path)
+    ap.add_argument("--torch", default=None, help="carry this torch (the release's pin) into DEST/torch-site")
     args = ap.parse_args()
-    prep(args.engine, args.version, args.dest)
+    prep(args.engine, args.version, args.dest, args.torch)
     return 0
 
 
