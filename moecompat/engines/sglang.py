@@ -547,7 +547,7 @@ def _build_numerics(engine: Engine) -> Resolution:
     f_opt, optimal = engine.find("try_get_optimal_moe_config")
     po = engine.params(f_opt, optimal)
 
-    def block_m(call: TritonCall) -> int:
+    def mma_m(call: TritonCall) -> int:
         # As fused_experts_impl asks it: (w1.shape, (E,) + w2.shape[1:], top_k, dtype, M).
         config = optimal(call.w1_shape, call.w2_shape, call.top_k, call.dtype, call.num_tokens,
                          **{po["block_shape"]: None, po["per_channel_quant"]: call.per_channel})
@@ -558,7 +558,7 @@ def _build_numerics(engine: Engine) -> Resolution:
         return Numerics(f"sglang {engine.version_str()}", rules, round_intermediates=True,
                         compute_dtype_for_fp32=torch.float16,
                         round_dequantized_group_weights=engine.holds(WNA16_WEIGHTS_ROUNDED),
-                        fp8_tensor_core_accumulation=sm90_fp8_accumulation(), fp8_block_m=block_m)
+                        fp8_tensor_core_accumulation=sm90_fp8_accumulation(), fp8_mma_m=mma_m)
 
     return engine.ok("numerics", impl, "sglang Triton fused_experts", "facts")
 

@@ -122,6 +122,8 @@ FACTS: tuple[Fact, ...] = (
     *_params("get_default_config", f"{FMM}:get_default_config", "<0.10.1", "is_marlin"),
     *_params("get_default_config", f"{FMM}:get_default_config", ">=0.7.1", "block_shape"),
     Fact("try_get_optimal_moe_config", ">=0.6", f"{FMM}:try_get_optimal_moe_config"),
+    # 0.25: fp8 tiles of BLOCK_SIZE_M < 64 and BLOCK_SIZE_N >= 64 run as tl.dot(b, a) on sm_90 (swap-AB).
+    Fact("enable_swap_ab", ">=0.25", f"{FM}.utils:enable_swap_ab"),
     *_params("try_get_optimal_moe_config", f"{FMM}:try_get_optimal_moe_config", "<0.10.1", "is_marlin"),
     Fact("override_config", ">=0.6", f"{FM}:override_config"),
     # The state override_config sets: a global of the fused_moe package (its get_config() reads it).
@@ -956,12 +958,15 @@ def _build_numerics(engine: Engine) -> Resolution:
     wna16 = _wna16_cuda_block_k(engine) if engine.holds(WNA16_CUDA_KERNEL) else None
     f_opt, optimal = engine.find("try_get_optimal_moe_config")
     block_shape_kw = engine.params(f_opt, optimal).get("block_shape")
+    swap_ab = engine.find("enable_swap_ab")[1] if engine.holds("enable_swap_ab") else None
 
-    def block_m(call: TritonCall) -> int:
-        # As fused_experts_impl asks it: (w1.size(), w2.size(), top_k, config dtype, M).
+    def mma_m(call: TritonCall) -> int:
+        # As fused_experts_impl asks it: (w1.size(), w2.size(), top_k, config dtype, M); then, as
+        # invoke_fused_moe_kernel decides it for fp8, whether the kernel swaps A and B.
         config = optimal(call.w1_shape, call.w2_shape, call.top_k, call.dtype, call.num_tokens,
                          **({block_shape_kw: None} if block_shape_kw else {}))
-        return int(config["BLOCK_SIZE_M"])
+        bm, bn = int(config["BLOCK_SIZE_M"]), int(config["BLOCK_SIZE_N"])
+        return bn if swap_ab is not None and swap_ab(bm, bn) else bm
 
     def impl() -> Numerics:
         # Asked at call time: DeepGEMM's availability, the GPU and VLLM_USE_DEEP_GEMM* decide it.
@@ -973,7 +978,7 @@ def _build_numerics(engine: Engine) -> Resolution:
                         round_intermediates=True, double_rounded_activation=True, sequential_topk_sum=sequential,
                         round_dequantized_group_weights=engine.holds(WNA16_WEIGHTS_ROUNDED),
                         wna16_cuda_block_k=wna16, fp8_tensor_core_accumulation=sm90_fp8_accumulation(),
-                        fp8_block_m=block_m)
+                        fp8_mma_m=mma_m)
 
     return engine.ok("numerics", impl, "vllm Triton fused_experts", "ue8m0 oracle" if e8m0 else "facts")
 

@@ -262,15 +262,15 @@ def _faithful_fp32(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tens
 def _fp8_accumulation(numerics: Numerics, on_cuda: bool, num_tokens: int, w1: torch.Tensor, w2: torch.Tensor, k: int,
                       c1: QuantConfig, c2: QuantConfig) -> tuple[int, int] | None:
     """The tensor-core accumulation of this call's fp8 dots, where the engine's kernel does it:
-    CUDA, fp8 without per-tile scales, and a config tile the GPU runs on wgmma."""
+    CUDA, fp8 without per-tile scales, and an MMA tile of at least 64 rows (wgmma)."""
     acc = numerics.fp8_tensor_core_accumulation
     if acc is None or not on_cuda or not any(
             c.scheme is QuantScheme.FP8_W8A8 and c.block_shape is None for c in (c1, c2)):
         return None
-    if numerics.fp8_block_m is not None:
+    if numerics.fp8_mma_m is not None:
         call = TritonCall(tuple(w1.shape), tuple(w2.shape), k, num_tokens, "fp8_w8a8",
                           bool(c1.per_act_token_quant or c1.per_out_ch_quant))
-        if numerics.fp8_block_m(call) < 64:
+        if numerics.fp8_mma_m(call) < 64:
             return None
     return acc
 

@@ -13,7 +13,7 @@ read from its facts) reproduce its fused-MoE kernels' conventions:
 | gated activation rounded twice, ``bf16(bf16(silu(g)) * u)`` (vLLM) | ``double_rounded_activation`` |
 | top-k sum rounded after every add for these top-k values (vLLM <= 0.24: 3 and 4) | ``sequential_topk_sum`` |
 | group-quantized (int4/int8 w*a16) weights dequantized in float32, then rounded to the compute dtype before the dot | ``round_dequantized_group_weights`` |
-| fp8 dots without per-tile scales, accumulated as sm_90 wgmma does (``(group, fraction_bits)``, CUDA tensors only), for the calls whose Triton tile is ``BLOCK_SIZE_M >= 64`` | ``fp8_tensor_core_accumulation``, ``fp8_block_m`` |
+| fp8 dots without per-tile scales, accumulated as sm_90 wgmma does (``(group, fraction_bits)``, CUDA tensors only), for the calls whose MMA tile has at least 64 rows | ``fp8_tensor_core_accumulation``, ``fp8_mma_m`` |
 | vLLM's CUDA ``moe_wna16_gemm`` for small int4 batches: bf16 products summed 4 at a time in bf16, K blocks added into the bf16 output | ``wna16_cuda_block_k`` |
 
 The engine facts that choose these live in ``moecompat/engines/<engine>.py`` (the ``numerics``
@@ -38,7 +38,7 @@ __all__ = ["IDEAL", "SM90_FP8_ACCUMULATION", "Numerics", "TritonCall", "Wna16Cal
 #: ``tools/device/fp8_acc_probe.py`` measured it on the H200 (torch 2.11, Triton 3.6, K = 2048 and
 #: 3584): 83-85% of the outputs bit-equal to the wgmma kernel's and a relative difference of
 #: 2.5e-5, against 1.2e-3 for float32 sums; no other group size or width came within 5x. Triton
-#: issues wgmma only for tiles of ``BLOCK_SIZE_M >= 64``; smaller tiles (mma.sync) matched float32
+#: issues wgmma only for tiles of at least 64 rows; smaller tiles (mma.sync) matched float32
 #: sums of the same products (``aligned(32, 25)``: 93-96% bit-equal), so they keep the plain model.
 SM90_FP8_ACCUMULATION: tuple[int, int] = (32, 13)
 
@@ -88,9 +88,11 @@ class Numerics:
     sequential_topk_sum: tuple[int, ...] = ()
     round_dequantized_group_weights: bool = False
     fp8_tensor_core_accumulation: tuple[int, int] | None = None
-    #: ``(call) -> BLOCK_SIZE_M`` of the engine's Triton config for this call (both GEMMs share
-    #: it); ``fp8_tensor_core_accumulation`` applies where it is at least 64. ``None``: always.
-    fp8_block_m: Callable[[TritonCall], int] | None = None
+    #: ``(call) -> rows of the MMA tile`` the engine's Triton kernel runs for this call: its
+    #: config's ``BLOCK_SIZE_M`` (both GEMMs share it), or ``BLOCK_SIZE_N`` where the kernel swaps
+    #: the operands (vLLM >= 0.25 on sm_90: ``tl.dot(b, a)`` for small-M fp8 tiles). Triton issues
+    #: wgmma, and ``fp8_tensor_core_accumulation`` applies, from 64 rows. ``None``: always.
+    fp8_mma_m: Callable[[TritonCall], int] | None = None
     #: ``(call) -> (block_k of GEMM 1, block_k of GEMM 2)`` where the engine takes its CUDA
     #: wna16 kernel for this call, else ``None``; asked at call time (it depends on the GPU).
     wna16_cuda_block_k: Callable[[Wna16Call], tuple[int, int] | None] | None = None

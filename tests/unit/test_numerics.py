@@ -307,11 +307,11 @@ def test_wgmma_accumulation_only_for_wgmma_tiles():
         asked.append(call)
         return 16 if call.num_tokens <= 32 else 64
 
-    tc = dataclasses.replace(Numerics("n", VLLM_RULES), fp8_tensor_core_accumulation=(32, 13), fp8_block_m=block_m)
+    tc = dataclasses.replace(Numerics("n", VLLM_RULES), fp8_tensor_core_accumulation=(32, 13), fp8_mma_m=block_m)
     assert experts._fp8_accumulation(tc, True, 7, w, w, 2, qc, qc) is None
     assert experts._fp8_accumulation(tc, True, 257, w, w, 2, qc, qc) == (32, 13)
     assert asked[-1] == TritonCall(tuple(w.shape), tuple(w.shape), 2, 257, "fp8_w8a8", False)
-    always = dataclasses.replace(tc, fp8_block_m=None)
+    always = dataclasses.replace(tc, fp8_mma_m=None)
     assert experts._fp8_accumulation(always, True, 7, w, w, 2, qc, qc) == (32, 13)
     block = mc.make_quant_config("fp8_w8a8", w1_scale=torch.ones(2, 1, 1), w2_scale=torch.ones(2, 1, 1),
                                  block_shape=[128, 128])
