@@ -32,7 +32,7 @@ import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-ROOT = pathlib.Path("/tmp/mc")
+ROOT = pathlib.Path(os.environ.get("MATRIX_ROOT", "/tmp/mc"))
 BLOBS, OBJECTS, RELS, RESULTS, SRC = (ROOT / d for d in ("blobs", "objects", "rel", "results", "src"))
 STATE = ROOT / "state.json"
 
