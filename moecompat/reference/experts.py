@@ -321,9 +321,8 @@ def wgmma_fp8_accumulate(xc: torch.Tensor, wc: torch.Tensor, group: int, bits: i
 def _tensor_core_fp8_gemm(x: torch.Tensor, w: torch.Tensor, cfg: QuantConfig, which: int, counts: torch.Tensor,
                           rules: Any, group: int, bits: int) -> torch.Tensor:
     """fp8 GEMM as the Triton kernel runs it on sm_90 wgmma tiles: the activation quantized, the
-    fp8 codes' products accumulated by
-    [`wgmma_fp8_accumulate`][moecompat.reference.experts.wgmma_fp8_accumulate], the scales applied
-    to the float32 result (``acc * a_scale * w_scale``)."""
+    fp8 codes' products accumulated by ``wgmma_fp8_accumulate``, the scales applied to the
+    float32 result (``acc * a_scale * w_scale``)."""
     scale = cfg.a1_scale if which == 1 else cfg.a2_scale
     q, a_scale = quantize_activation(x, cfg.scheme, scale=scale, per_act_token_quant=cfg.per_act_token_quant,  # type: ignore[arg-type]
                                      rules=rules)
