@@ -43,6 +43,11 @@ def _sha(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
+def xor(a: bytes, b: bytes) -> bytes:
+    """Bytewise XOR of two equally long byte strings (as one big integer: no numpy needed)."""
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
+
+
 def _cached(cache: pathlib.Path, sha: str, base: str | None) -> pathlib.Path:
     """Where the compressed blob lies: the file's own bytes, or its XOR against ``base``."""
     return cache / (f"{sha}.xor-{base[:16]}.xz" if base else f"{sha}.xz")
@@ -53,11 +58,7 @@ def _compress(job: tuple[str, str | None, str]) -> tuple[str, bytes]:  # in a wo
     sha, base, path = job
     data = pathlib.Path(path).read_bytes()
     if base is not None:
-        import numpy as np
-
-        a = np.frombuffer(data, np.uint8)
-        b = np.frombuffer(pathlib.Path(base).read_bytes(), np.uint8)
-        data = (a ^ b).tobytes()
+        data = xor(data, pathlib.Path(base).read_bytes())
     return sha, lzma.compress(data, preset=6)
 
 

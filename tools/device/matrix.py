@@ -59,10 +59,8 @@ def _object(sha: str, manifest: dict) -> pathlib.Path:
     data = b"".join(_chunk(manifest["bundle"], sha, k).read_bytes() for k in range(meta["chunks"]))
     data = lzma.decompress(data) if data else b""
     if meta["xor"]:
-        import numpy as np
-
-        base = np.fromfile(_object(meta["xor"], manifest), np.uint8)
-        data = (np.frombuffer(data, np.uint8) ^ base).tobytes()
+        base = _object(meta["xor"], manifest).read_bytes()
+        data = (int.from_bytes(data, "little") ^ int.from_bytes(base, "little")).to_bytes(len(base), "little")
     tmp = obj.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.rename(obj)
