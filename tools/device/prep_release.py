@@ -43,7 +43,7 @@ VLLM_DEPS = [
 ]
 
 SGLANG_DROP = ["sglang/multimodal_gen/*", "sglang/test/*", "tools/*", "sglang/srt/*_core.cpython-*.so"]
-SGL_KERNEL_KEEP = ["sgl_kernel/*.py", "sgl_kernel/**/*.py", "sgl_kernel/sm90/common_ops*", "sglang_kernel-*.dist-info/*"]
+SGL_KERNEL_KEEP = ["sgl_kernel/*.py", "sgl_kernel/sm90/common_ops*", "sglang_kernel-*.dist-info/*"]
 SGLANG_DEPS = [
     "annotated-types==0.8.0", "compressed-tensors==0.20.0", "dill==0.4.1", "distro==1.9.0", "gguf==0.19.0",
     "ipython==9.18.1", "jiter==0.19.0", "loguru==0.7.3", "msgspec==0.23.0", "openai==2.6.1", "orjson==3.13.0",
@@ -51,8 +51,15 @@ SGLANG_DEPS = [
     "pyzmq==27.3.0", "sniffio==1.3.1", "starlette==1.10.0", "tokenizers==0.22.2", "traitlets==5.16.1",
     "typing_extensions==4.16.0", "typing-inspection==0.4.5",
 ]
-# transformers as the CPU matrix verified each release (tests/engines/envs.toml [sglang.pins]).
-SGLANG_TRANSFORMERS = {"0.5.11": "5.6.0", "0.5.12": "5.6.0", "0.5.13.post1": "5.8.1", "0.5.14": "5.8.1"}
+# Per release: (transformers as the CPU matrix verified it, tests/engines/envs.toml [sglang.pins];
+# apache-tvm-ffi within the release's range); releases not listed take the last row's.
+SGLANG_PINS = {"0.5.11": ("5.6.0", "0.1.9"), "0.5.12": ("5.6.0", "0.1.9"), "0.5.13.post1": ("5.8.1", "0.1.9"),
+               "0.5.14": ("5.8.1", "0.1.9"), "0.5.15.post1": ("5.12.1", "0.1.11")}
+# What a release imports unguarded on the MoE path, carried at the release's own pin (older
+# releases guard xgrammar; only 0.5.17 imports flashinfer there).
+SGLANG_UNGUARDED = {"0.5.16": ("xgrammar",), "0.5.17": ("xgrammar", "flashinfer-python")}
+# sglang-kernel 0.4.2-0.4.3's common_ops links libnuma.so.1.
+SGLANG_LIBNUMA = ("0.5.11", "0.5.12", "0.5.13.post1")
 
 
 # A release pinning another torch than the device's carries it in DEST/torch-site (first on
@@ -142,17 +149,14 @@ def prep(engine: str, version: str, dest: pathlib.Path, torch_version: str | Non
             _download([f"sglang-kernel=={kernel}"], dl)
             kw = next(dl.glob("sglang_kernel-*.whl"))
             kept += _unzip(kw, site, lambda n: any(fnmatch.fnmatch(n, p) for p in SGL_KERNEL_KEEP))
-            extra = [f"transformers=={SGLANG_TRANSFORMERS.get(version, '5.12.1')}"]
-            tvm = "0.1.9" if version in SGLANG_TRANSFORMERS else "0.1.11"
-            extra.append(f"apache-tvm-ffi=={tvm}")
-            for name in ("xgrammar", "flashinfer-python"):
-                # 0.5.16+ import xgrammar unguarded, 0.5.17 flashinfer; the older ones guard it.
+            transformers, tvm = SGLANG_PINS.get(version, SGLANG_PINS["0.5.15.post1"])
+            extra = [f"transformers=={transformers}", f"apache-tvm-ffi=={tvm}"]
+            for name in SGLANG_UNGUARDED.get(version, ()):
                 pin = _requires(wheel, name)
-                if pin and not (name == "xgrammar" and version in (*SGLANG_TRANSFORMERS, "0.5.15.post1")) \
-                        and not (name == "flashinfer-python" and version != "0.5.17"):
+                if pin:
                     extra.append(f"{name}=={pin}")
             _download(SGLANG_DEPS + extra, wheels)
-            if version in ("0.5.11", "0.5.12", "0.5.13.post1"):
+            if version in SGLANG_LIBNUMA:
                 _libnuma(site / "_syslib", dl)
                 (dest / "env").write_text("LD_LIBRARY_PATH={rel}/site/_syslib:$LD_LIBRARY_PATH\n")
         if torch_version:
