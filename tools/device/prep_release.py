@@ -25,6 +25,8 @@ import sys
 import tempfile
 import zipfile
 
+import tomllib
+
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 18, 24, 26, 27, 28, 31, 34, 35)] + ["manylinux2014_x86_64"]
 
 VLLM_DROP = [
@@ -45,19 +47,38 @@ VLLM_DEPS = [
 SGLANG_DROP = ["sglang/multimodal_gen/*", "sglang/test/*", "tools/*", "sglang/srt/*_core.cpython-*.so"]
 SGL_KERNEL_KEEP = ["sgl_kernel/*.py", "sgl_kernel/sm90/common_ops*", "sglang_kernel-*.dist-info/*"]
 SGLANG_DEPS = [
-    "annotated-types==0.8.0", "compressed-tensors==0.20.0", "dill==0.4.1", "distro==1.9.0", "gguf==0.19.0",
+    "annotated-types==0.8.0", "dill==0.4.1", "distro==1.9.0", "gguf==0.19.0",
     "ipython==9.18.1", "jiter==0.19.0", "loguru==0.7.3", "msgspec==0.23.0", "openai==2.6.1", "orjson==3.13.0",
     "partial-json-parser==0.2.1.1.post7", "pybase64==1.5.1", "pydantic==2.14.4", "pydantic_core==2.50.5",
     "pyzmq==27.3.0", "sniffio==1.3.1", "starlette==1.10.0", "tokenizers==0.22.2", "traitlets==5.16.1",
     "typing_extensions==4.16.0", "typing-inspection==0.4.5",
 ]
-# Per release: (transformers as the CPU matrix verified it, tests/engines/envs.toml [sglang.pins];
-# apache-tvm-ffi within the release's range); releases not listed take the last row's.
-SGLANG_PINS = {"0.5.11": ("5.6.0", "0.1.9"), "0.5.12": ("5.6.0", "0.1.9"), "0.5.13.post1": ("5.8.1", "0.1.9"),
-               "0.5.14": ("5.8.1", "0.1.9"), "0.5.15.post1": ("5.12.1", "0.1.11")}
+# Per release: transformers and compressed-tensors as the CPU matrix verified them (the
+# [sglang.pins] table of tests/engines/envs.toml, the one list of them), and apache-tvm-ffi within
+# the release's range (releases not listed take the last row's).
+ENVS_TOML = pathlib.Path(__file__).resolve().parents[2] / "tests" / "engines" / "envs.toml"
+SGLANG_TVM_FFI = {"0.5.11": "0.1.9", "0.5.12": "0.1.9", "0.5.13.post1": "0.1.9", "0.5.14": "0.1.9",
+                  "0.5.15.post1": "0.1.11"}
+
+
+def _release_key(version: str) -> tuple[int, ...]:
+    """0.5.13.post1 -> (0, 5, 13, 1): enough to order the releases these tables name."""
+    return tuple(int(n) for n in re.findall(r"\d+", version))
+
+
+def _sglang_pins(version: str) -> list[str]:
+    pins = tomllib.loads(ENVS_TOML.read_text())["sglang"]["pins"]
+    if version not in pins:
+        raise SystemExit(f"sglang {version} has no [sglang.pins] row in {ENVS_TOML}: verify it on CPU first")
+    keep = ("transformers==", "compressed-tensors==")
+    tvm = SGLANG_TVM_FFI.get(version, SGLANG_TVM_FFI["0.5.15.post1"])
+    return [p for p in pins[version] if p.startswith(keep)] + [f"apache-tvm-ffi=={tvm}"]
+
+
 # What a release imports unguarded on the MoE path, carried at the release's own pin (older
 # releases guard xgrammar; only 0.5.17 imports flashinfer there).
 SGLANG_UNGUARDED = {"0.5.16": ("xgrammar",), "0.5.17": ("xgrammar", "flashinfer-python")}
+SGLANG_UNGUARDED_LATEST = "0.5.17"  # later releases: as this one
 # sglang-kernel 0.4.2-0.4.3's common_ops links libnuma.so.1.
 SGLANG_LIBNUMA = ("0.5.11", "0.5.12", "0.5.13.post1")
 
@@ -149,9 +170,9 @@ def prep(engine: str, version: str, dest: pathlib.Path, torch_version: str | Non
             _download([f"sglang-kernel=={kernel}"], dl)
             kw = next(dl.glob("sglang_kernel-*.whl"))
             kept += _unzip(kw, site, lambda n: any(fnmatch.fnmatch(n, p) for p in SGL_KERNEL_KEEP))
-            transformers, tvm = SGLANG_PINS.get(version, SGLANG_PINS["0.5.15.post1"])
-            extra = [f"transformers=={transformers}", f"apache-tvm-ffi=={tvm}"]
-            for name in SGLANG_UNGUARDED.get(version, ()):
+            extra = _sglang_pins(version)
+            latest = _release_key(version) > _release_key(SGLANG_UNGUARDED_LATEST)
+            for name in SGLANG_UNGUARDED.get(version, SGLANG_UNGUARDED[SGLANG_UNGUARDED_LATEST] if latest else ()):
                 pin = _requires(wheel, name)
                 if pin:
                     extra.append(f"{name}=={pin}")
