@@ -350,12 +350,17 @@ def _tensor_core_fp8_gemm(x: torch.Tensor, w: torch.Tensor, cfg: QuantConfig, wh
 
 
 def _wna16_cuda_gemm(x: torch.Tensor, wf: torch.Tensor, counts: torch.Tensor, block_k: int,
-                     row_weights: torch.Tensor | None, rd: torch.dtype) -> torch.Tensor:
+                     row_weights: torch.Tensor | None, rd: torch.dtype, slice_sum: str = "exact") -> torch.Tensor:
     """vLLM's CUDA ``moe_wna16_gemm`` (csrc/moe/moe_wna16.cu): ``x`` in ``rd``, ``wf`` the
     dequantized weights already rounded to ``rd``; each lane sums 4 consecutive products with
     ``rd`` fused multiply-adds, the lanes of one ``block_k`` slice are added in float32 (times the
-    router weight), and each slice is added into the ``rd`` output (``atomicAdd``; in K order
-    here, one of the orders the GPU may take)."""
+    router weight) and rounded to ``rd``, and each slice is added into the zeroed ``rd`` output
+    with ``atomicAdd``, in an order the GPU picks.
+
+    ``slice_sum="exact"`` predicts that last step as the exact sum of the rounded slices, rounded
+    once: the centre of the results any order can give, so the kernel's own order contributes one
+    random walk of roundings to the difference instead of two (``"k_order"``, the slices added in
+    K order, is one of the results the GPU may give; tools/device/wna16_probe.py compares both)."""
     n_rows, kk = x.shape
     e, n_out, _ = wf.shape
     out = torch.zeros(n_rows, n_out, device=x.device, dtype=rd)
@@ -375,9 +380,12 @@ def _wna16_cuda_gemm(x: torch.Tensor, wf: torch.Tensor, counts: torch.Tensor, bl
             if row_weights is not None:
                 part = part * row_weights[start:start + count, None, None]
             part = part.to(rd)
-            acc = part[..., 0]
-            for b in range(1, nb):
-                acc = (acc.float() + part[..., b].float()).to(rd)
+            if slice_sum == "exact":
+                acc = part.double().sum(-1).to(rd)  # float64 holds the sum of the bf16 slices exactly
+            else:
+                acc = part[..., 0]
+                for b in range(1, nb):
+                    acc = (acc.float() + part[..., b].float()).to(rd)
             out[start:start + count, n0:n0 + step] = acc
         start += count
     return out

@@ -245,21 +245,24 @@ def test_tensor_core_fp8_gemm_against_a_float64_model(per_channel):
     assert ((got.double() - exact) * exact.sign()).mean() < 0
 
 
-def test_wna16_cuda_gemm_against_a_float64_model():
-    """4-element bf16 FMA lanes, float32 sums per K slice, slices added into a bf16 output."""
+@pytest.mark.parametrize("slice_sum", ["exact", "k_order"])
+def test_wna16_cuda_gemm_against_a_float64_model(slice_sum):
+    """4-element bf16 FMA lanes, float32 sums per K slice rounded to bf16, the slices added into a
+    bf16 output: summed exactly and rounded once (the reference's prediction of the GPU's atomics,
+    which add them in an order it picks), or added in K order (one order the GPU may take)."""
     from moecompat.reference.experts import _wna16_cuda_gemm
 
     g = torch.Generator().manual_seed(1)
-    e, n, k, block_k = 2, 24, 256, 128
+    e, n, k, block_k = 2, 24, 512, 128  # four slices: with two, every order gives the same sum
     x = torch.randn(5, k, generator=g).bfloat16()
     wf = torch.randn(e, n, k, generator=g).bfloat16().float()
     counts = torch.tensor([3, 2])
     rw = torch.rand(5, generator=g)
-    got = _wna16_cuda_gemm(x, wf, counts, block_k, rw, torch.bfloat16)
+    got = _wna16_cuda_gemm(x, wf, counts, block_k, rw, torch.bfloat16, slice_sum=slice_sum)
     want = torch.empty(5, n, dtype=torch.bfloat16)
     for r in range(5):
         ex = 0 if r < 3 else 1
-        out = torch.zeros(n, dtype=torch.bfloat16)
+        slices = []
         for b0 in range(0, k, block_k):
             res = torch.zeros(n, dtype=torch.float64)
             for c0 in range(b0, b0 + block_k, 4):
@@ -268,13 +271,33 @@ def test_wna16_cuda_gemm_against_a_float64_model():
                     prod = x[r, c0 + i].double() * wf[ex, :, c0 + i].double()  # exact
                     lane = (lane.double() + prod).to(torch.bfloat16)
                 res += lane.double()
-            out = (out.double() + (res * float(rw[r])).float().to(torch.bfloat16).double()).to(torch.bfloat16)
-        want[r] = out
+            slices.append((res * float(rw[r])).float().to(torch.bfloat16).double())
+        if slice_sum == "exact":
+            want[r] = torch.stack(slices).sum(0).to(torch.bfloat16)
+        else:
+            out = torch.zeros(n, dtype=torch.bfloat16)
+            for s in slices:
+                out = (out.double() + s).to(torch.bfloat16)
+            want[r] = out
     mismatch = (got != want).float().mean().item()
     # float32 vs float64 sums of the lanes may move a rounding on rare ties.
     assert mismatch < 0.01, mismatch
-    assert _wna16_cuda_gemm(x, wf, counts, k, None, torch.float32).allclose(
+    assert _wna16_cuda_gemm(x, wf, counts, k, None, torch.float32, slice_sum=slice_sum).allclose(
         torch.cat([x[:3].float() @ wf[0].T, x[3:].float() @ wf[1].T]), rtol=1e-5, atol=1e-4)
+
+
+def test_wna16_slice_orders_differ():
+    """The two predictions of the atomics differ where there are more than two slices, so the
+    choice between them is visible in the GPU errors (tools/device/wna16_probe.py)."""
+    from moecompat.reference.experts import _wna16_cuda_gemm
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 2048, generator=g).bfloat16()
+    wf = torch.randn(1, 64, 2048, generator=g).bfloat16().float() / 40
+    counts = torch.tensor([4])
+    exact = _wna16_cuda_gemm(x, wf, counts, 128, None, torch.bfloat16)
+    ordered = _wna16_cuda_gemm(x, wf, counts, 128, None, torch.bfloat16, slice_sum="k_order")
+    assert (exact != ordered).float().mean().item() > 0.05
 
 
 def test_faithful_rules_only_on_cuda_tensors():
