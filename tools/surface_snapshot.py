@@ -111,6 +111,7 @@ SCOPES: dict[str, Scope] = {
             f"{_SGL}.layers.quantization.fp8_kernel",
             f"{_SGL}.layers.quantization.int8_kernel",
             f"{_SGL}.server_args",
+            f"{_SGL}.runtime_context",
             f"{_SGL}.eplb",
             f"{_SGL}.managers.expert_distribution",
         ),

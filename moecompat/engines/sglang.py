@@ -44,14 +44,18 @@ NEW_CFG = f"{MOE}.moe_runner.triton_utils.fused_moe_triton_config"
 RUNNER = f"{MOE}.moe_runner.base:MoeRunnerConfig"
 EP = f"{MOE}.ep_moe.layer"
 SERVER_ARGS = "sglang.srt.server_args"
+RUNTIME_CONTEXT = "sglang.srt.runtime_context"
 
 EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel at module level on every platform but NPU/HIP"
-OUTPLACE_NEEDS_TP_GROUP = "out-of-place Triton fused_experts allocates its output with get_tp_group()"
+OUTPLACE_NEEDS_TP_GROUP = ("out-of-place Triton fused_experts allocates its output with the TP group (get_tp_group(); "
+                           "get_parallel().tp_group from 0.5.21)")
 GLOBAL_SERVER_ARGS_RETIRED = ("get_global_server_args() raises 'retired' (values live in SGLang's runtime context); "
                               "the Triton path no longer needs process-wide ServerArgs")
 SERVER_ARGS_RESOLVED_ON_PUBLISH = ("set_global_server_args_for_scheduler resolves the arguments it publishes "
                                    "(runtime_context.publish -> ServerArgs.resolve_once), which needs a model path "
                                    "or the 'dummy' model")
+SERVER_ARGS_MODEL_PATH_FIRST = ("ServerArgs(...) takes model_path first and resolves nothing (fields assembled from "
+                                "arg_groups in POSITIONAL_FIELD_ORDER; resolution is publish's act)")
 SIGMOID_NEEDS_BIAS = "sigmoid scoring only with a correction bias (biased_grouped_topk)"
 WNA16_WEIGHTS_ROUNDED = "int4 w4a16 kernels round the dequantized weights ((q - zp) * s) to the compute dtype"
 NUMERICS_KNOWN = ("Triton fused_experts numerics: block fp8 x*fl(448/amax) (no UE8M0), per-tensor and per-token "
@@ -112,7 +116,7 @@ FACTS: tuple[Fact, ...] = (
     # out-of-place path: get_tp_group() asserts outside a server (no tensor-parallel group), so
     # every out-of-place call fails there (found on an H100 with 0.5.16/0.5.17). The in-place
     # path writes into its input and never asks. 0.5.21 reads an optional group instead.
-    Fact(OUTPLACE_NEEDS_TP_GROUP, ">=0.5.16,<0.5.21", f"{MOE}.moe_runner.triton_utils.fused_moe", kind="behaviour"),
+    Fact(OUTPLACE_NEEDS_TP_GROUP, ">=0.5.16", f"{MOE}.moe_runner.triton_utils.fused_moe", kind="behaviour"),
     # alignment, config helpers -------------------------------------------------------------------
     Fact("moe_align_block_size@new", ">=0.5.11", f"{MOE}.moe_runner.triton_utils.moe_align_block_size:moe_align_block_size",
          what="moe_align_block_size in moe_runner/triton_utils"),
@@ -167,6 +171,13 @@ FACTS: tuple[Fact, ...] = (
     # Remove both, and _ensure_server_args, when the oldest SGLang supported is 0.5.20.
     Fact(SERVER_ARGS_RESOLVED_ON_PUBLISH, ">=0.5.19", SERVER_ARGS, kind="behaviour"),
     Fact(GLOBAL_SERVER_ARGS_RETIRED, ">=0.5.20", SERVER_ARGS, kind="behaviour"),
+    # From 0.5.20 the kernels read the runtime context's config bags (get_exec()), which raise
+    # "config namespace 'exec' not published" until ServerArgs are published there (publish
+    # is 0.5.17+, get_context 0.5.14+; moecompat publishes where the global accessor is retired).
+    Fact("publish", ">=0.5.17", f"{RUNTIME_CONTEXT}:publish"),
+    Fact("publish.role", ">=0.5.17", f"{RUNTIME_CONTEXT}:publish", "param", "role"),
+    Fact("get_context", ">=0.5.14", f"{RUNTIME_CONTEXT}:get_context"),
+    Fact(SERVER_ARGS_MODEL_PATH_FIRST, ">=0.5.20", SERVER_ARGS, kind="behaviour"),
     # numerics of the Triton fused_experts (the engine-faithful reference follows them), from the
     # released sources; pinned on the GPU by tests/gpu against the faithful reference.
     Fact(NUMERICS_KNOWN, ">=0.5.11", kind="behaviour"),
@@ -216,29 +227,10 @@ def _cached_flags(qc: QuantConfig, p: dict[str, str]) -> dict[str, Any]:
     return hit
 
 
-def _ensure_server_args() -> None:
-    """SGLang's kernels read process-wide ``ServerArgs``; outside a server none are set and the
-    kernels raise. Install the defaults (without ``__post_init__``, which would resolve a model
-    path) only when nothing is set, so a running server's own arguments are never replaced.
-    Where SGLang resolves what is published (0.5.19), the defaults name its 'dummy' model, whose
-    resolution stops before any model path is read. Releases without the global accessor (before
-    0.5.3.post2, and from 0.5.20, which retired it) are left alone, and their kernels report what
-    they miss themselves."""
-    if ENGINE.holds(GLOBAL_SERVER_ARGS_RETIRED) or not (
-        ENGINE.holds("get_global_server_args") and ENGINE.holds("set_global_server_args_for_scheduler")
-    ):
-        return
-    try:
-        _, getter = ENGINE.find("get_global_server_args")
-        _, setter = ENGINE.find("set_global_server_args_for_scheduler")
-        _, cls = ENGINE.find("ServerArgs")
-    except LookupError:
-        return
-    try:
-        if getter() is not None:
-            return
-    except ValueError:  # "Global server args is not set yet!"
-        pass
+def _default_server_args(cls: type) -> object:
+    """``ServerArgs`` at their defaults, without ``__post_init__`` (which would resolve a model
+    path); where SGLang resolves what is published (0.5.19+), naming its 'dummy' model, whose
+    resolution stops before any model path is read."""
     args = object.__new__(cls)
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
@@ -249,7 +241,37 @@ def _ensure_server_args() -> None:
             setattr(args, f.name, None)
     if ENGINE.holds(SERVER_ARGS_RESOLVED_ON_PUBLISH):
         args.model_path = "dummy"
-    setter(args)
+    return args
+
+
+def _ensure_server_args() -> None:
+    """SGLang's kernels read process-wide ``ServerArgs``; outside a server none are set and the
+    kernels raise. Install the defaults only when nothing is set, so a running server's own
+    arguments are never replaced: through ``set_global_server_args_for_scheduler`` (0.5.3.post2 to
+    0.5.19), or, from 0.5.20, which retired it, by publishing them into the runtime context as
+    that shim did (role ``scheduler``). Releases before 0.5.3.post2 are left alone, and their
+    kernels report what they miss themselves."""
+    try:
+        _, cls = ENGINE.find("ServerArgs")
+        if ENGINE.holds(GLOBAL_SERVER_ARGS_RETIRED):
+            pfact, publish = ENGINE.find("publish")
+            _, get_context = ENGINE.find("get_context")
+            if not get_context().is_config_namespace_published("exec"):
+                # 0.5.21's msgspec record refuses object.__new__; see SERVER_ARGS_MODEL_PATH_FIRST.
+                publish(cls("dummy"), **{ENGINE.params(pfact, publish)["role"]: "scheduler"})
+            return
+        if not (ENGINE.holds("get_global_server_args") and ENGINE.holds("set_global_server_args_for_scheduler")):
+            return
+        _, getter = ENGINE.find("get_global_server_args")
+        _, setter = ENGINE.find("set_global_server_args_for_scheduler")
+    except LookupError:
+        return
+    try:
+        if getter() is not None:
+            return
+    except ValueError:  # "Global server args is not set yet!"
+        pass
+    setter(_default_server_args(cls))
 
 
 @ENGINE.adapter("make_quant_config")

@@ -144,7 +144,8 @@ def test_fused_experts_call_binds(sglang_engine, scheme, opts, activation):
 
 def test_outplace_fused_experts_avoids_the_tp_group_where_the_engine_needs_one(sglang_engine):
     """Fact OUTPLACE_NEEDS_TP_GROUP, pinned on the installed release's own source: where the
-    out-of-place path calls get_tp_group(), moecompat runs SGLang's in-place op on a copy of the
+    out-of-place path reads the TP group (get_tp_group(); get_parallel().tp_group from 0.5.21, which
+    raises outside a server until a rank bundle is published), moecompat runs SGLang's in-place op on a copy of the
     input (the caller's tensor is untouched); elsewhere it calls the out-of-place path."""
     import importlib
 
@@ -152,7 +153,8 @@ def test_outplace_fused_experts_avoids_the_tp_group_where_the_engine_needs_one(s
 
     fact = sglang_engine.fact(OUTPLACE_NEEDS_TP_GROUP)
     try:
-        calls_tp_group = "get_tp_group()" in inspect.getsource(importlib.import_module(fact.where))
+        source = inspect.getsource(importlib.import_module(fact.where))
+        calls_tp_group = "get_tp_group()" in source or "get_parallel().tp_group" in source
     except ImportError:  # the moe_runner layout is 0.5.11+
         calls_tp_group = False
     assert calls_tp_group == version_in(sglang_engine, fact.versions)
@@ -240,6 +242,33 @@ def test_server_args_resolution_fact_matches_the_release(sglang_engine):
         runtime_context = importlib.import_module(setter.__module__.rsplit(".", 1)[0] + ".runtime_context")
         resolves = "resolve_once()" in inspect.getsource(runtime_context)
     assert resolves == sglang_engine.holds(SERVER_ARGS_RESOLVED_ON_PUBLISH)
+
+
+def test_server_args_are_published_where_the_accessor_is_retired(sglang_engine):
+    """Facts GLOBAL_SERVER_ARGS_RETIRED and SERVER_ARGS_MODEL_PATH_FIRST: from 0.5.20 SGLang's
+    kernels read the runtime context (``get_exec()``), so moecompat publishes default arguments
+    there when nothing is published; ``ServerArgs("dummy")`` names the model first and resolves
+    nothing itself. The GPU suite found the need: 127 of 135 cases raised "config namespace 'exec'
+    not published" on 0.5.20 and 0.5.21 before."""
+    import inspect
+
+    from moecompat.engines.sglang import GLOBAL_SERVER_ARGS_RETIRED, SERVER_ARGS_MODEL_PATH_FIRST, _ensure_server_args
+
+    _, cls = sglang_engine.find("ServerArgs")
+    first = next(iter(inspect.signature(cls).parameters))
+    assert (first == "model_path") if sglang_engine.holds(SERVER_ARGS_MODEL_PATH_FIRST) else True
+    if not sglang_engine.holds(GLOBAL_SERVER_ARGS_RETIRED):
+        return
+    assert sglang_engine.holds(SERVER_ARGS_MODEL_PATH_FIRST)
+    args = cls("dummy")
+    assert args.model_path == "dummy" and not getattr(args, "_resolution_finished", False)
+    _, get_context = sglang_engine.find("get_context")
+    _ensure_server_args()
+    assert get_context().is_config_namespace_published("exec")
+    exec_bag = get_context().config_bag("exec")
+    assert exec_bag.deterministic.enable_deterministic_inference is False  # what get_moe_configs reads
+    _ensure_server_args()  # published once: a second call leaves the context alone
+    assert get_context().config_bag("exec") is exec_bag
 
 
 def test_seed_0_4_7_calls_have_equivalents(sglang_engine):
