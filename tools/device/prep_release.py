@@ -54,7 +54,8 @@ SGLANG_DEPS = [
     "typing_extensions==4.16.0", "typing-inspection==0.4.5",
 ]
 # Per release: transformers and compressed-tensors as the CPU matrix verified them (the
-# [sglang.pins] table of tests/engines/envs.toml, the one list of them), and apache-tvm-ffi within
+# [sglang.pins] table of tests/engines/envs.toml, the one list of them: a release's own row or
+# the latest earlier one), and apache-tvm-ffi within
 # the release's range (releases not listed take the last row's).
 ENVS_TOML = pathlib.Path(__file__).resolve().parents[2] / "tests" / "engines" / "envs.toml"
 SGLANG_TVM_FFI = {"0.5.11": "0.1.9", "0.5.12": "0.1.9", "0.5.13.post1": "0.1.9", "0.5.14": "0.1.9",
@@ -68,11 +69,14 @@ def _release_key(version: str) -> tuple[int, ...]:
 
 def _sglang_pins(version: str) -> list[str]:
     pins = tomllib.loads(ENVS_TOML.read_text())["sglang"]["pins"]
-    if version not in pins:
-        raise SystemExit(f"sglang {version} has no [sglang.pins] row in {ENVS_TOML}: verify it on CPU first")
+    # The release's own row, else the latest earlier one (as the CPU matrix's groups apply them).
+    rows = [v for v in pins if _release_key(v) <= _release_key(version)]
+    if not rows:
+        raise SystemExit(f"sglang {version} has no [sglang.pins] row at or before it in {ENVS_TOML}")
+    row = max(rows, key=_release_key)
     keep = ("transformers==", "compressed-tensors==")
     tvm = SGLANG_TVM_FFI.get(version, SGLANG_TVM_FFI["0.5.15.post1"])
-    return [p for p in pins[version] if p.startswith(keep)] + [f"apache-tvm-ffi=={tvm}"]
+    return [p for p in pins[row] if p.startswith(keep)] + [f"apache-tvm-ffi=={tvm}"]
 
 
 # What a release imports unguarded on the MoE path, carried at the release's own pin (older
