@@ -86,9 +86,11 @@ def release_rows(engine: str, table: dict, cpu_runs: dict[str, dict], gpu_runs: 
             carried = sorted((v for v in gpu_runs if _torch_minor(table["releases"].get(v, "-")) == _torch_minor(pin)), key=Version)
             if carried:  # its torch was carried onto the GPU machine for another release: device time is the limit
                 gpu = (f"not run: pins torch {_torch_minor(pin)}, the GPU machine has {gpu_torch}; carrying torch "
-                       f"{_torch_minor(pin)} there works ({carried[-1]} ran, docs/gpu.md), one release per session's device time")
+                       f"{_torch_minor(pin)} there works ({carried[-1]} ran, docs/gpu.md); not carried for this one yet")
             else:
                 gpu = f"not run: pins torch {_torch_minor(pin)}, the GPU machine has {gpu_torch}"
+                if Version(_torch_minor(pin)) > Version(gpu_torch):  # a newer stack can be carried there
+                    gpu += f"; no torch {_torch_minor(pin)} carried there yet (docs/gpu.md)"
         elif (why := _reason(table.get("gpu", []), version)) is not None:
             gpu = f"not run: {why}"
         else:

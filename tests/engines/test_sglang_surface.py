@@ -252,7 +252,11 @@ def test_server_args_are_published_where_the_accessor_is_retired(sglang_engine):
     not published" on 0.5.20 and 0.5.21 before."""
     import inspect
 
-    from moecompat.engines.sglang import GLOBAL_SERVER_ARGS_RETIRED, SERVER_ARGS_MODEL_PATH_FIRST, _ensure_server_args
+    from moecompat.engines.sglang import (
+        GLOBAL_SERVER_ARGS_RETIRED,
+        SERVER_ARGS_MODEL_PATH_FIRST,
+        _ensure_server_args,
+    )
 
     _, cls = sglang_engine.find("ServerArgs")
     first = next(iter(inspect.signature(cls).parameters))

@@ -50,7 +50,7 @@ def test_statuses_and_reasons():
     assert rows["0.5.12"] == ("not run yet", "128/128 cases (H100)")  # a failed run is no "same minor which ran"
     assert rows["0.5.13"][1] == "not run: the GPU lease ran out"
     assert rows["0.5.11"][1] == "not run yet (pins torch 2.11.0, as the GPU machine)"
-    assert rows["0.5.20"][1] == "not run: pins torch 2.13, the GPU machine has 2.11"
+    assert rows["0.5.20"][1] == "not run: pins torch 2.13, the GPU machine has 2.11; no torch 2.13 carried there yet (docs/gpu.md)"
 
 
 def test_a_release_whose_torch_was_carried_onto_the_gpu_machine_says_so():
@@ -61,8 +61,8 @@ def test_a_release_whose_torch_was_carried_onto_the_gpu_machine_says_so():
         "vllm", table, {}, {"0.26.0": "135/135 cases (H200)", "0.27.1": "135/135 cases (H200)"})}
     assert rows["0.27.1"] == "135/135 cases (H200)"
     assert rows["0.28.0"] == ("not run: pins torch 2.13, the GPU machine has 2.11; carrying torch 2.13 there works "
-                              "(0.27.1 ran, docs/gpu.md), one release per session's device time")
-    assert rows["0.33.0"] == "not run: pins torch 2.14, the GPU machine has 2.11"  # 2.14 was never carried
+                              "(0.27.1 ran, docs/gpu.md); not carried for this one yet")
+    assert rows["0.33.0"] == "not run: pins torch 2.14, the GPU machine has 2.11; no torch 2.14 carried there yet (docs/gpu.md)"  # 2.14 was never carried
     assert rows["0.27.0"] == "not run: same minor as 0.27.1 which ran"
 
 
