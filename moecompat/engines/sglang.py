@@ -49,8 +49,8 @@ RUNTIME_CONTEXT = "sglang.srt.runtime_context"
 EP_LAYER_NEEDS_SGL_KERNEL = "ep_moe/layer.py imports sgl_kernel at module level on every platform but NPU/HIP"
 OUTPLACE_NEEDS_TP_GROUP = ("out-of-place Triton fused_experts allocates its output with the TP group (get_tp_group(); "
                            "get_parallel().tp_group from 0.5.21)")
-GLOBAL_SERVER_ARGS_RETIRED = ("get_global_server_args() raises 'retired' (values live in SGLang's runtime context); "
-                              "the Triton path no longer needs process-wide ServerArgs")
+GLOBAL_SERVER_ARGS_RETIRED = ("get_global_server_args() raises 'retired': the values live in SGLang's runtime "
+                              "context, which the Triton path reads (get_exec()) once ServerArgs are published there")
 SERVER_ARGS_RESOLVED_ON_PUBLISH = ("set_global_server_args_for_scheduler resolves the arguments it publishes "
                                    "(runtime_context.publish -> ServerArgs.resolve_once), which needs a model path "
                                    "or the 'dummy' model")
@@ -115,7 +115,8 @@ FACTS: tuple[Fact, ...] = (
     # `with use_symmetric_memory(get_tp_group(), ...)` around the output allocation of the
     # out-of-place path: get_tp_group() asserts outside a server (no tensor-parallel group), so
     # every out-of-place call fails there (found on an H100 with 0.5.16/0.5.17). The in-place
-    # path writes into its input and never asks. 0.5.21 reads an optional group instead.
+    # path writes into its input and never asks. 0.5.21+ read get_parallel().tp_group, which
+    # raises there just the same (found on the H200).
     Fact(OUTPLACE_NEEDS_TP_GROUP, ">=0.5.16", f"{MOE}.moe_runner.triton_utils.fused_moe", kind="behaviour"),
     # alignment, config helpers -------------------------------------------------------------------
     Fact("moe_align_block_size@new", ">=0.5.11", f"{MOE}.moe_runner.triton_utils.moe_align_block_size:moe_align_block_size",
@@ -168,7 +169,8 @@ FACTS: tuple[Fact, ...] = (
     Fact("get_global_server_args", ">=0.5.3.post2", f"{SERVER_ARGS}:get_global_server_args"),
     Fact("set_global_server_args_for_scheduler", ">=0.5.3.post2", f"{SERVER_ARGS}:set_global_server_args_for_scheduler"),
     # 0.5.19 resolves what it publishes (a model path is needed); 0.5.20 retired the accessor.
-    # Remove both, and _ensure_server_args, when the oldest SGLang supported is 0.5.20.
+    # Remove both, and the setter branch of _ensure_server_args, when the oldest SGLang supported
+    # is 0.5.20.
     Fact(SERVER_ARGS_RESOLVED_ON_PUBLISH, ">=0.5.19", SERVER_ARGS, kind="behaviour"),
     Fact(GLOBAL_SERVER_ARGS_RETIRED, ">=0.5.20", SERVER_ARGS, kind="behaviour"),
     # From 0.5.20 the kernels read the runtime context's config bags (get_exec()), which raise
