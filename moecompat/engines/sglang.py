@@ -233,7 +233,7 @@ def _default_server_args(cls: type) -> object:
     """``ServerArgs`` at their defaults, without ``__post_init__`` (which would resolve a model
     path); where SGLang resolves what is published (0.5.19+), naming its 'dummy' model, whose
     resolution stops before any model path is read."""
-    args = object.__new__(cls)
+    args: Any = object.__new__(cls)
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
             setattr(args, f.name, f.default)
