@@ -56,7 +56,7 @@ SGLANG_DEPS = [
 # Per release: transformers and compressed-tensors as the CPU matrix verified them (the
 # [sglang.pins] table of tests/engines/envs.toml, the one list of them: a release's own row or
 # the latest earlier one), and apache-tvm-ffi within the release's range (releases not listed
-# take the last row's; 0.5.18-0.5.23 pin 0.1.11 themselves).
+# take the last row's; 0.5.18 and 0.5.21 pin 0.1.11 themselves).
 ENVS_TOML = pathlib.Path(__file__).resolve().parents[2] / "tests" / "engines" / "envs.toml"
 SGLANG_TVM_FFI = {"0.5.11": "0.1.9", "0.5.12": "0.1.9", "0.5.13.post1": "0.1.9", "0.5.14": "0.1.9",
                   "0.5.15.post1": "0.1.11"}
