@@ -17,38 +17,22 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import pathlib
+import sys
 
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
 import moecompat as mc
-from moecompat import quant
 from moecompat.reference import experts as ref_experts
-
-SHAPES = {"mixtral-like": (8, 2, 2048, 3584, False), "deepseek-like": (256, 8, 2048, 512, True)}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+from tests.gpu.test_kernels import SHAPES, _rel, _routing, _weights
 
 
 def _case(shape: str, tokens: int, repeats: int) -> dict:
-    e, k, h, i, grouped = SHAPES[shape]
-    g = torch.Generator(device="cuda").manual_seed(0)
-    w1 = torch.randn(e, 2 * i, h, device="cuda", generator=g) / h**0.5
-    w2 = torch.randn(e, h, i, device="cuda", generator=g) / i**0.5
-    q1, q2, qc = quant.quantize_moe_weights(w1, w2, "int4_w4a16", group_size=128)
-    qc = mc.make_quant_config("int4_w4a16", w1_scale=qc.w1_scale.to(torch.bfloat16),
-                              w2_scale=qc.w2_scale.to(torch.bfloat16), group_size=128)
-    g = torch.Generator(device="cuda").manual_seed(tokens)
-    x = torch.randn(tokens, h, device="cuda", dtype=torch.bfloat16, generator=g)
-    logits = torch.randn(tokens, e, device="cuda", generator=g)
-    if grouped:
-        bias = torch.randn(e, device="cuda", generator=g) * 0.1
-        topk = mc.select_experts(x, logits, k, scoring_func="sigmoid", use_grouped_topk=True, num_expert_group=8,
-                                 topk_group=4, e_score_correction_bias=bias, routed_scaling_factor=2.5,
-                                 backend="reference")
-    else:
-        topk = mc.select_experts(x, logits, k, backend="reference")
+    """The suite's own int4 case (its weights, scales and routing) at ``tokens``."""
+    q1, q2, qc, dtype = _weights(shape, "int4_w4a16", "int4_w4a16", {"group_size": 128})
+    x, topk = _routing(shape, tokens, dtype)
     outs = [mc.fused_experts(x, q1, q2, *topk, backend="vllm", quant_config=qc) for _ in range(repeats)]
     refs = {}
     original = ref_experts._wna16_cuda_gemm
