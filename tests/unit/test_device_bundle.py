@@ -60,3 +60,42 @@ def test_releases_come_back_byte_for_byte(tmp_path, monkeypatch):
     got = matrix._env("vllm-1.1", tmp_path / "mc" / "rel" / "vllm-1.1")
     assert got["LIB"] == f"{tmp_path / 'mc' / 'rel' / 'vllm-1.1'}/site/lib:{os.environ['HOME']}"
     assert got["PYTHONPATH"].split(":")[0] == str(tmp_path / "mc" / "rel" / "vllm-1.1" / "site")
+
+
+
+def test_the_room_kept_for_the_manifest_holds_the_final_manifest(tmp_path, monkeypatch):
+    """Every part carries the whole manifest, whose chunk counts and completion parts are known only
+    after the cut, so the room kept for it must be measured with those fields in place (22204
+    blobs once outgrew the margin). Here the margin is 0 and the part is one byte short of a whole
+    block beyond the final manifest: that fits only if the manifest measured before the cut is the
+    final one to the byte."""
+    sys.path.insert(0, str(TOOLS))
+    import importlib
+    import lzma
+
+    bundle = importlib.reload(importlib.import_module("bundle"))
+    rel = tmp_path / "rel" / "vllm-1.0"
+    (rel / "site").mkdir(parents=True)
+    (rel / "engine").write_text("vllm\n")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    n = 2000
+    rng = __import__("random").Random(1)
+    for p in [rel / "engine", *(rel / "site" / f"f{i}.py" for i in range(n))]:
+        if not p.exists():  # sizes of 1 to 4 digits, as real files' are: the manifest is not one repeat
+            p.write_text(f"{p.name}\n" * rng.randint(1, 800))
+        # the compressed blobs, made here quickly (preset 0) instead of by the pool
+        (cache / f"{bundle._sha(p)}.xz").write_bytes(lzma.compress(p.read_bytes(), preset=0))
+    monkeypatch.setenv("BUNDLE_CACHE", str(cache))
+    assert bundle.main([str(tmp_path / "parts"), str(rel)]) == 0
+    (part,) = (tmp_path / "parts").iterdir()
+    final = len((part / "manifest.json.xz").read_bytes())
+    blocks = n + 100  # each blob takes whole 4 KiB blocks of a part: room for all of them, in one part
+    monkeypatch.setattr(bundle, "MANIFEST_MARGIN", 0)
+    monkeypatch.setattr(bundle, "PART", final + blocks * 4096 - 1)
+    assert bundle.main([str(tmp_path / "parts"), str(rel)]) == 0
+    (part,) = (tmp_path / "parts").iterdir()
+    manifest = json.loads(lzma.decompress((part / "manifest.json.xz").read_bytes()))
+    assert manifest["releases"][0]["complete_after_part"] == 1
+    assert len(manifest["blobs"]) == n + 1 and all(m["chunks"] == 1 for m in manifest["blobs"].values())
+

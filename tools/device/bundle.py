@@ -33,6 +33,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 
 PART = 57 * 2**20  # the working tree (about 5 MiB) travels too, within 64 MiB a call
+MANIFEST_MARGIN = 8192  # bytes: what the compressed manifest may grow by when the cut fills in its numbers
 
 
 def _sha(path: pathlib.Path) -> str:
@@ -110,8 +111,14 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     # One stream, release by release, cut into parts: a blob that crosses a cut is split there.
+    # Every part carries the manifest, so its room is reserved first, with placeholders for the
+    # fields the cut fills in (22204 blobs' "chunks" alone compress to more than the margin).
+    for meta in manifest["blobs"].values():
+        meta["chunks"] = 1
+    for r in manifest["releases"]:
+        r["complete_after_part"] = 1
     text = lzma.compress(json.dumps(manifest).encode(), preset=6)
-    room0 = (PART - len(text) - 8192) // 4096 * 4096  # the manifest, and what complete_after_part adds to it
+    room0 = (PART - len(text) - MANIFEST_MARGIN) // 4096 * 4096
     chunks_of: dict[str, list[int]] = {}
     parts: list[list[tuple[str, int, int]]] = [[]]  # (sha, chunk index, offset)
     room = room0
