@@ -99,3 +99,29 @@ def test_the_room_kept_for_the_manifest_holds_the_final_manifest(tmp_path, monke
     assert manifest["releases"][0]["complete_after_part"] == 1
     assert len(manifest["blobs"]) == n + 1 and all(m["chunks"] == 1 for m in manifest["blobs"].values())
 
+
+def test_a_rerun_brings_its_environment_and_its_records(tmp_path):
+    """A release re-run after a fix of its carried environment (SGLang 0.5.22 and 0.5.23 on the H200:
+    the first run's tokenizers could not import the engine) is recorded with the re-run's numerics
+    mode, the re-run's records, and both pytest verdicts."""
+    sys.path.insert(0, str(TOOLS))
+    import importlib
+
+    collect = importlib.reload(importlib.import_module("collect_matrix"))
+    rel = tmp_path / "sglang-0.5.22"
+    rel.mkdir()
+    head = {"engine": "sglang", "version": "0.5.22", "gpu": "NVIDIA H200", "torch": "2.14.1+cu130"}
+    first = {**head, "faithful_numerics": "unavailable: ImportError", "cases": [{"test": "a", "ok": True}]}
+    again = {**head, "faithful_numerics": "sglang 0.5.22",
+             "cases": [{"test": "a", "ok": True}, {"test": "b", "ok": True, "rel_err": 1e-3}]}
+    (rel / "gpu.json").write_text(json.dumps(first))
+    (rel / "gpu-rerun1.json").write_text(json.dumps(again))
+    (rel / "pytest.log").write_text("1 passed, 134 errors in 10.89s\n")
+    (rel / "pytest-rerun1.log").write_text("..\n135 passed, 1 warning in 243.41s (0:04:03)\n")
+    data = collect.merge(rel)
+    assert data["faithful_numerics"] == "sglang 0.5.22"
+    assert sorted(c["test"] for c in data["cases"]) == ["a", "b"]
+    assert [r.get("pytest") for r in data["runs"]] == ["1 passed, 134 errors in 10.89s",
+                                                       "135 passed, 1 warning in 243.41s (0:04:03)"]
+    assert data["runs"][1]["replaces_main_run_records"] is True
+

@@ -5,8 +5,9 @@
 
 Each ``RESULTS_DIR/<release>/`` holds ``gpu.json`` (the whole suite) and, where some tests were run
 again after a fix, ``gpu-rerun*.json``: a re-run's records replace the main run's records of the
-same tests (by the ``test`` key), and the file says which tests came from which run. A release
-whose earlier result file came from another GPU keeps it under ``DEST/<gpu>/``.
+same tests (by the ``test`` key), its environment fields (versions, numerics mode) replace the main
+run's, and the file says which tests came from which run. A release whose earlier result file came
+from another GPU keeps it under ``DEST/<gpu>/``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def merge(release: pathlib.Path) -> dict | None:
         extra = json.loads(rerun.read_text())
         tests = {c["test"] for c in extra["cases"]}
         data["cases"] = [c for c in data["cases"] if c["test"] not in tests] + extra["cases"]
+        # The environment as the re-run found it (after the fix): its versions and numerics mode.
+        data.update({k: v for k, v in extra.items() if k != "cases"})
         runs.append({"file": rerun.name, "tests": sorted(tests), "replaces_main_run_records": True})
     data["runs"] = runs
     # pytest's own verdicts, beside the per-case records (a test may fail after recording).
