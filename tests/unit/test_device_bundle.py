@@ -125,3 +125,21 @@ def test_a_rerun_brings_its_environment_and_its_records(tmp_path):
                                                        "135 passed, 1 warning in 243.41s (0:04:03)"]
     assert data["runs"][1]["replaces_main_run_records"] is True
 
+
+def test_sglang_releases_carry_the_tokenizers_their_transformers_takes():
+    """prep_release.py takes transformers and tokenizers from one row of tests/engines/envs.toml, so
+    a release never carries a tokenizers its transformers refuses (0.5.22's 5.19.0 needs 0.23), and
+    no package is pinned twice."""
+    sys.path.insert(0, str(TOOLS))
+    import importlib
+
+    prep = importlib.reload(importlib.import_module("prep_release"))
+
+    def names(reqs):
+        return [r.split("==")[0].lower().replace("_", "-") for r in reqs]
+
+    for version, tokenizers in {"0.5.17": "0.22.2", "0.5.21": "0.22.2", "0.5.22": "0.23.3", "0.5.23": "0.23.3"}.items():
+        pins = prep._sglang_pins(version)
+        assert f"tokenizers=={tokenizers}" in pins, (version, pins)
+        both = names(prep.SGLANG_DEPS) + names(pins)
+        assert len(both) == len(set(both)), version

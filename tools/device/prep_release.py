@@ -50,13 +50,16 @@ SGLANG_DEPS = [
     "annotated-types==0.8.0", "dill==0.4.1", "distro==1.9.0", "gguf==0.19.0",
     "ipython==9.18.1", "jiter==0.19.0", "loguru==0.7.3", "msgspec==0.23.0", "openai==2.6.1", "orjson==3.13.0",
     "partial-json-parser==0.2.1.1.post7", "pybase64==1.5.1", "pydantic==2.14.4", "pydantic_core==2.50.5",
-    "pyzmq==27.3.0", "sniffio==1.3.1", "starlette==1.10.0", "tokenizers==0.22.2", "traitlets==5.16.1",
+    "pyzmq==27.3.0", "sniffio==1.3.1", "starlette==1.10.0", "traitlets==5.16.1",
     "typing_extensions==4.16.0", "typing-inspection==0.4.5",
 ]
-# Per release: transformers and compressed-tensors as the CPU matrix verified them (the
-# [sglang.pins] table of tests/engines/envs.toml, the one list of them: a release's own row or
+# Per release: transformers, tokenizers and compressed-tensors as the CPU matrix verified them
+# (the [sglang.pins] table of tests/engines/envs.toml, the one list of them: a release's own row or
 # the latest earlier one), and apache-tvm-ffi within the release's range (releases not listed
-# take the last row's; 0.5.18 and 0.5.21 pin 0.1.11 themselves).
+# take the last row's; 0.5.18 and 0.5.21 pin 0.1.11 themselves). tokenizers goes with
+# transformers: 0.5.22's transformers 5.19.0 refuses the 0.22.2 of the rows before it (the first
+# H200 run of 0.5.22 and 0.5.23 carried 0.22.2 and failed to import; their passing re-run used
+# the device's own 0.23.2, not the row's 0.23.3: docs/gpu.md).
 ENVS_TOML = pathlib.Path(__file__).resolve().parents[2] / "tests" / "engines" / "envs.toml"
 SGLANG_TVM_FFI = {"0.5.11": "0.1.9", "0.5.12": "0.1.9", "0.5.13.post1": "0.1.9", "0.5.14": "0.1.9",
                   "0.5.15.post1": "0.1.11"}
@@ -74,7 +77,7 @@ def _sglang_pins(version: str) -> list[str]:
     if not rows:
         raise SystemExit(f"sglang {version} has no [sglang.pins] row at or before it in {ENVS_TOML}")
     row = max(rows, key=_release_key)
-    keep = ("transformers==", "compressed-tensors==")
+    keep = ("transformers==", "tokenizers==", "compressed-tensors==")
     tvm = SGLANG_TVM_FFI.get(version, SGLANG_TVM_FFI["0.5.15.post1"])
     return [p for p in pins[row] if p.startswith(keep)] + [f"apache-tvm-ffi=={tvm}"]
 
