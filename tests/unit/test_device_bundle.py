@@ -62,14 +62,13 @@ def test_releases_come_back_byte_for_byte(tmp_path, monkeypatch):
     assert got["PYTHONPATH"].split(":")[0] == str(tmp_path / "mc" / "rel" / "vllm-1.1" / "site")
 
 
-
 def test_the_room_kept_for_the_manifest_holds_the_final_manifest(tmp_path, monkeypatch):
     """Every part carries the whole manifest, whose chunk counts and completion parts are known only
     after the cut, so the room kept for it must be measured with those fields in place (22204
     blobs once outgrew the margin). Here the margin is 0 and the part is one byte short of a whole
     block beyond the final manifest: that fits only if the manifest measured before the cut is the
     final one to the byte."""
-    sys.path.insert(0, str(TOOLS))
+    monkeypatch.syspath_prepend(str(TOOLS))
     import importlib
     import lzma
 
@@ -100,11 +99,11 @@ def test_the_room_kept_for_the_manifest_holds_the_final_manifest(tmp_path, monke
     assert len(manifest["blobs"]) == n + 1 and all(m["chunks"] == 1 for m in manifest["blobs"].values())
 
 
-def test_a_rerun_brings_its_environment_and_its_records(tmp_path):
+def test_a_rerun_brings_its_environment_and_its_records(tmp_path, monkeypatch):
     """A release re-run after a fix of its carried environment (SGLang 0.5.22 and 0.5.23 on the H200:
     the first run's tokenizers could not import the engine) is recorded with the re-run's numerics
     mode, the re-run's records, and both pytest verdicts."""
-    sys.path.insert(0, str(TOOLS))
+    monkeypatch.syspath_prepend(str(TOOLS))
     import importlib
 
     collect = importlib.reload(importlib.import_module("collect_matrix"))
@@ -126,11 +125,11 @@ def test_a_rerun_brings_its_environment_and_its_records(tmp_path):
     assert data["runs"][1]["replaces_main_run_records"] is True
 
 
-def test_sglang_releases_carry_the_tokenizers_their_transformers_takes():
+def test_sglang_releases_carry_the_tokenizers_their_transformers_takes(monkeypatch):
     """prep_release.py takes transformers and tokenizers from one row of tests/engines/envs.toml, so
     a release never carries a tokenizers its transformers refuses (0.5.22's 5.19.0 needs 0.23), and
     no package is pinned twice."""
-    sys.path.insert(0, str(TOOLS))
+    monkeypatch.syspath_prepend(str(TOOLS))
     import importlib
 
     prep = importlib.reload(importlib.import_module("prep_release"))
