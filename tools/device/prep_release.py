@@ -96,8 +96,8 @@ SGLANG_LIBNUMA = ("0.5.11", "0.5.12", "0.5.13.post1")
 # CUDA libraries serve it: matrix.py links them into torch-site/nvidia.
 TORCH_STACKS = {
     "2.13.0": ["torch==2.13.0", "triton==3.7.1", "nvidia-nccl-cu13==2.29.7", "torchvision==0.28.0"],
-    # From the 2.14 wheels' metadata (triton~=3.8.0, NCCL 2.30.7, cuDNN 9.24 not carried); not yet
-    # run on the device.
+    # From the 2.14 wheels' metadata (triton~=3.8.0, NCCL 2.30.7, cuDNN 9.24 not carried); vLLM
+    # 0.33.0 and SGLang 0.5.22-0.5.23 ran on them (docs/gpu.md).
     "2.14.0": ["torch==2.14.0", "triton==3.8.0", "nvidia-nccl-cu13==2.30.7", "torchvision==0.29.0"],
     "2.14.1": ["torch==2.14.1", "triton==3.8.0", "nvidia-nccl-cu13==2.30.7", "torchvision==0.29.1"],
 }
